@@ -1,0 +1,72 @@
+"""Errors shared by the queue, the adapters and the worker.
+
+Every `InputError` carries a message meant for the person who sent the input; the
+adapters show it as it is. Each names the bad value and the limit it broke.
+"""
+from __future__ import annotations
+
+
+class SvibotError(Exception):
+    """Base class for errors svibot raises on purpose."""
+
+
+class InputError(SvibotError, ValueError):
+    """Bad user input. `str(err)` is safe and useful to show to the user."""
+
+    code = "bad_input"
+
+
+class EmptyPrompt(InputError):
+    code = "empty_prompt"
+
+
+class TooManySegments(InputError):
+    code = "too_many_segments"
+
+
+class PromptTooLong(InputError):
+    code = "prompt_too_long"
+
+
+class NotAnImage(InputError):
+    code = "not_an_image"
+
+
+class TruncatedImage(InputError):
+    code = "truncated_image"
+
+
+class PhotoTooSmall(InputError):
+    code = "photo_too_small"
+
+
+class PhotoTooLarge(InputError):
+    code = "photo_too_large"
+
+
+class BadSetting(InputError):
+    code = "bad_setting"
+
+
+class DiskFull(SvibotError, OSError):
+    """The data dir's disk is full. Nothing was left half-written."""
+
+    def __init__(self, path: object) -> None:
+        super().__init__(f"disk full while writing {path}")
+        self.path = path
+
+
+class CorruptDatabase(SvibotError):
+    """The queue file exists but is not a usable svibot SQLite database."""
+
+
+class JobNotFound(SvibotError, LookupError):
+    pass
+
+
+class NotAllowed(SvibotError, PermissionError):
+    """The caller may not do this to this job (e.g. cancel someone else's)."""
+
+
+class LeaseLost(SvibotError):
+    """The worker no longer holds the job's lease (it expired and was reclaimed)."""

@@ -1,0 +1,78 @@
+"""Schema statements and forward migrations, versioned with PRAGMA user_version."""
+from __future__ import annotations
+
+PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA foreign_keys=ON",
+)
+
+# Migration N brings a database from user_version N-1 to N. Append only; never edit a shipped one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE IF NOT EXISTS jobs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            platform TEXT NOT NULL CHECK (platform IN ('telegram', 'discord', 'cli')),
+            chat_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            photo_path TEXT NOT NULL,
+            photo_sha256 TEXT NOT NULL,
+            prompts TEXT NOT NULL,
+            settings TEXT NOT NULL,
+            meta TEXT NOT NULL DEFAULT '{}',
+            state TEXT NOT NULL DEFAULT 'queued'
+                CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            lease_owner TEXT,
+            lease_host TEXT,
+            lease_pid INTEGER,
+            lease_expires REAL,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            updated_at REAL NOT NULL,
+            error TEXT,
+            final_path TEXT,
+            status_message_id TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS jobs_state_id ON jobs (state, id)",
+        "CREATE INDEX IF NOT EXISTS jobs_user ON jobs (platform, user_id, created_at)",
+        """CREATE TABLE IF NOT EXISTS segments (
+            job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            state TEXT NOT NULL DEFAULT 'done',
+            prompt TEXT NOT NULL,
+            video_path TEXT NOT NULL,
+            carry_path TEXT,
+            num_frames INTEGER NOT NULL,
+            duration_s REAL NOT NULL,
+            gen_seconds REAL NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (job_id, idx)
+        )""",
+        """CREATE TABLE IF NOT EXISTS events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            platform TEXT NOT NULL,
+            chat_id TEXT NOT NULL,
+            kind TEXT NOT NULL
+                CHECK (kind IN ('position', 'progress', 'segment', 'done', 'failed', 'cancelled')),
+            payload TEXT NOT NULL DEFAULT '{}',
+            created_at REAL NOT NULL,
+            delivered_at REAL,
+            message_id TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS events_pending ON events (platform, delivered_at, id)",
+        """CREATE TABLE IF NOT EXISTS workers (
+            worker_id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            preset TEXT,
+            started_at REAL NOT NULL,
+            seen_at REAL NOT NULL
+        )""",
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
