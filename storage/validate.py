@@ -71,8 +71,8 @@ def check_photo_size(num_bytes: int, limits: Limits) -> None:
     """Reject a photo by its byte size before downloading or reading it."""
     if num_bytes > limits.max_photo_bytes:
         raise PhotoTooLarge(
-            f"The photo is {num_bytes / 1e6:.1f} MB; the limit is "
-            f"{limits.max_photo_bytes / 1e6:.0f} MB. Send a smaller or compressed photo."
+            f"The photo is {num_bytes / 2**20:.1f} MB; the limit is "
+            f"{limits.max_photo_bytes / 2**20:.0f} MB. Send a smaller or compressed photo."
         )
 
 

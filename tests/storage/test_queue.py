@@ -1,0 +1,213 @@
+"""The queue's verbs and their guarantees: claiming, leases, cancel, persistence, outbox."""
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+
+from storage import JobQueue, LeaseLost, NotAllowed, QueueConfig, WorkerId
+from tests.storage.conftest import new_job, png_bytes
+
+
+def _worker(i: int) -> WorkerId:
+    return WorkerId(owner=f"test-host:{1000 + i}:w{i}", host="test-host", pid=1000 + i)
+
+
+async def test_enqueue_then_claim_in_order(make_queue, limits):
+    q = await make_queue()
+    a = await q.enqueue(new_job(["a"]), limits)
+    b = await q.enqueue(new_job(["b"]), limits)
+    assert (await q.position(a.id), await q.position(b.id)) == (1, 2)
+    got = await q.claim(_worker(0))
+    assert got.id == a.id and got.state == "running" and got.lease_owner == _worker(0).owner
+    assert await q.position(a.id) == 0
+    assert await q.position(b.id) == 1
+    positions = [e.payload for e in await q.pending_events("cli") if e.kind == "position"]
+    assert positions == [{"job_id": b.id, "position": 1}]
+
+
+async def test_claim_on_empty_queue_returns_none(make_queue):
+    q = await make_queue()
+    assert await q.claim(_worker(0)) is None
+
+
+def _claim_all(db_path: str, photos: str, index: int, out: str) -> None:
+    async def run() -> list[int]:
+        q = await JobQueue.open(QueueConfig(db_path=Path(db_path), lease_seconds=600), Path(photos))
+        got = []
+        while (job := await q.claim(_worker(index))) is not None:
+            got.append(job.id)
+        await q.close()
+        return got
+
+    Path(out).write_text(json.dumps(asyncio.run(run())))
+
+
+async def test_four_processes_claim_each_job_exactly_once(make_queue, data_dir, limits, tmp_path):
+    q = await make_queue()
+    photo = png_bytes()
+    ids = [(await q.enqueue(new_job([f"p{i}"], photo=photo), limits)).id for i in range(200)]
+    ctx = mp.get_context("spawn")
+    outs = [tmp_path / f"claimed{i}.json" for i in range(4)]
+    procs = [ctx.Process(target=_claim_all, args=(str(data_dir.db_path), str(data_dir.photos), i, str(outs[i])))
+             for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    claimed = [jid for out in outs for jid in json.loads(out.read_text())]
+    assert sorted(claimed) == sorted(ids)
+    assert len(set(claimed)) == len(claimed) == 200
+    jobs = await q.list_jobs(states=["running"], limit=500)
+    assert len(jobs) == 200
+
+
+async def test_expired_lease_requeues_with_attempts_then_fails(make_queue, clock, limits):
+    q = await make_queue(lease_seconds=10.0, max_attempts=2)
+    job = await q.enqueue(new_job(), limits)
+    w = _worker(0)
+    assert (await q.claim(w)).id == job.id
+    clock.advance(5)
+    assert await q.reap_expired() == []  # still leased
+    await q.heartbeat(job.id, w)
+    clock.advance(9)
+    assert await q.reap_expired() == []  # the heartbeat extended it
+    clock.advance(2)
+    assert await q.reap_expired() == [job.id]
+    again = await q.get_job(job.id)
+    assert (again.state, again.attempts, again.lease_owner) == ("queued", 1, None)
+    with pytest.raises(LeaseLost):
+        await q.heartbeat(job.id, w)  # the dead worker's lease is gone
+    w2 = _worker(1)
+    assert (await q.claim(w2)).id == job.id
+    clock.advance(11)
+    await q.reap_expired()
+    final = await q.get_job(job.id)
+    assert final.state == "failed" and final.attempts == 2
+    assert "stopped 2 times" in final.error
+    kinds = [e.kind for e in await q.events_for_job(job.id)]
+    assert kinds[-1] == "failed"
+
+
+async def test_reclaim_dead_local_worker_at_once(make_queue, limits):
+    q = await make_queue()
+    job = await q.enqueue(new_job(), limits)
+    dead, me = _worker(0), _worker(1)
+    await q.claim(dead)
+    other_host = WorkerId(owner="elsewhere:1:x", host="elsewhere", pid=1)
+    job2 = await q.enqueue(new_job(), limits)
+    await q.claim(other_host)
+    reclaimed = await q.reclaim_dead_local(me, alive=lambda pid: pid != dead.pid)
+    assert reclaimed == [job.id]
+    assert (await q.get_job(job.id)).state == "queued"
+    assert (await q.get_job(job2.id)).state == "running"  # other hosts wait for expiry
+
+
+async def test_release_on_shutdown_keeps_attempts(make_queue, limits):
+    q = await make_queue()
+    job = await q.enqueue(new_job(), limits)
+    w = _worker(0)
+    await q.claim(w)
+    await q.release(job.id, w)
+    again = await q.get_job(job.id)
+    assert (again.state, again.attempts) == ("queued", 0)
+
+
+async def test_cancel_queued_is_immediate(make_queue, limits):
+    q = await make_queue()
+    job = await q.enqueue(new_job(user="alice"), limits)
+    with pytest.raises(NotAllowed):
+        await q.cancel(job.id, by_user="mallory")
+    assert (await q.get_job(job.id)).state == "queued"
+    done = await q.cancel(job.id, by_user="alice")
+    assert done.state == "cancelled"
+    assert await q.claim(_worker(0)) is None
+    assert [e.kind for e in await q.events_for_job(job.id)] == ["cancelled"]
+
+
+async def test_cancel_running_sets_flag_seen_on_heartbeat(make_queue, limits):
+    q = await make_queue()
+    job = await q.enqueue(new_job(user="alice"), limits)
+    w = _worker(0)
+    await q.claim(w)
+    assert await q.heartbeat(job.id, w) is False
+    flagged = await q.cancel(job.id, by_user="admin", is_admin=True)
+    assert flagged.state == "running" and flagged.cancel_requested
+    assert await q.heartbeat(job.id, w) is True
+    final = await q.mark_cancelled(job.id, w, segments_done=1)
+    assert final.state == "cancelled"
+
+
+async def test_state_survives_reopen(make_queue, limits, tmp_path):
+    q = await make_queue()
+    job = await q.enqueue(new_job(["one", "two"]), limits)
+    w = _worker(0)
+    await q.claim(w)
+    video = tmp_path / "s0.mp4"
+    await q.record_segment(job.id, w, index=0, prompt="one", video_path=video, carry_path=None,
+                           num_frames=81, duration_s=5.06, gen_seconds=12.0)
+    await q.close()
+    q2 = await make_queue()
+    again = await q2.get_job(job.id)
+    assert again.state == "running" and again.prompts == ["one", "two"]
+    segs = await q2.segments(job.id)
+    assert [(s.index, s.video_path, s.num_frames) for s in segs] == [(0, str(video), 81)]
+    stats = await q2.stats()
+    assert stats.running == 1 and stats.seconds_per_segment == pytest.approx(12.0)
+    assert await q2.segments_ahead(job.id) == 1
+
+
+async def test_outbox_delivers_each_event_once_across_restart(make_queue, limits, tmp_path):
+    q = await make_queue()
+    job = await q.enqueue(new_job(["one", "two"], platform="telegram"), limits)
+    w = _worker(0)
+    await q.claim(w)
+    for i in range(2):
+        await q.record_segment(job.id, w, index=i, prompt=["one", "two"][i], video_path=tmp_path / f"{i}.mp4",
+                               carry_path=None, num_frames=9, duration_s=0.5, gen_seconds=1.0)
+    await q.complete(job.id, w, tmp_path / "story.mp4", {"num_segments": 2})
+    assert await q.pending_events("discord") == []
+    pending = await q.pending_events("telegram")
+    assert [e.kind for e in pending] == ["segment", "segment", "done"]
+    # The bot delivers the first segment, then "crashes" before delivering the rest.
+    assert await q.mark_delivered(pending[0].id, "msg-100") is True
+    await q.close()
+    q2 = await make_queue()
+    after = await q2.pending_events("telegram")
+    assert [e.id for e in after] == [pending[1].id, pending[2].id]
+    assert await q2.mark_delivered(pending[0].id, "msg-dup") is False  # never marked twice
+    for e in after:
+        assert await q2.mark_delivered(e.id, f"m{e.id}")
+    assert await q2.pending_events("telegram") == []
+    events = await q2.events_for_job(job.id)
+    assert events[0].message_id == "msg-100" and events[0].delivered_at is not None
+
+
+async def test_lost_lease_blocks_late_writes(make_queue, clock, limits, tmp_path):
+    q = await make_queue(lease_seconds=1.0)
+    job = await q.enqueue(new_job(), limits)
+    w = _worker(0)
+    await q.claim(w)
+    clock.advance(2)
+    await q.reap_expired()
+    with pytest.raises(LeaseLost):
+        await q.record_segment(job.id, w, index=0, prompt="walk", video_path=tmp_path / "x.mp4",
+                               carry_path=None, num_frames=1, duration_s=0.1, gen_seconds=0.1)
+    assert await q.segments(job.id) == []
+
+
+async def test_worker_liveness(make_queue, clock):
+    q = await make_queue()
+    w = _worker(0)
+    assert (await q.stats()).workers_online == 0
+    await q.worker_seen(w, "tiny")
+    assert (await q.stats()).workers_online == 1
+    clock.advance(q.config.worker_online_seconds + 1)
+    assert (await q.stats()).workers_online == 0
+    await q.worker_seen(w, "tiny")
+    await q.worker_gone(w)
+    assert (await q.stats()).workers_online == 0
