@@ -1,0 +1,158 @@
+"""Load a preset's models once and keep them warm; every weight placement goes through `place_models`.
+
+Real presets read the GGUF experts with diffusers' single-file loader and the packaged Wan 2.2 configs,
+so nothing but the preset's own files is ever fetched.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import EngineConfig
+from .presets import Preset, get_preset, wan22_config_dir
+
+log = logging.getLogger(__name__)
+
+REAL_MAX_SEQUENCE_LENGTH = 512  # UMT5 context length Wan was trained with
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(eq=False)
+class Models:
+    transformer: Any  # high-noise expert, runs while t >= boundary
+    transformer_2: Any  # low-noise expert
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype  # compute dtype of the experts and the text encoder
+    preset: str
+    label: str  # e.g. "tiny (random weights)"; shown to users
+    max_sequence_length: int = REAL_MAX_SEQUENCE_LENGTH
+    is_random_weights: bool = False
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(device: torch.device, name: str | None) -> torch.dtype:
+    """fp32 on the CPU; bf16 on Ampere and newer; fp16 before (the T4 has no bf16 tensor cores)."""
+    if name is not None:
+        return DTYPES[name]
+    if device.type != "cuda":
+        return torch.float32
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
+def load_expert_gguf(path: Path, config_dir: Path, subfolder: str, compute_dtype: torch.dtype):
+    """Load one Wan expert from a GGUF file with original Wan key names.
+
+    `config_dir/subfolder/config.json` must describe the file: auto-detection would pick the Wan 2.1 I2V
+    config, whose CLIP layers 2.2 lacks ("Cannot copy out of meta tensor", diffusers #12009).
+    """
+    from diffusers import GGUFQuantizationConfig, WanTransformer3DModel
+
+    return WanTransformer3DModel.from_single_file(
+        str(path),
+        config=str(config_dir),
+        subfolder=subfolder,
+        quantization_config=GGUFQuantizationConfig(compute_dtype=compute_dtype),
+        torch_dtype=compute_dtype,
+        local_files_only=True,
+    ).eval()
+
+
+def place_models(models: Models, device: torch.device) -> None:
+    """Put every component where it runs. Today: all of it on `device`.
+
+    This is the one place weights move; a VRAM/RAM planner replaces the body to stream experts.
+    """
+    for name in ("transformer", "transformer_2", "vae", "text_encoder"):
+        getattr(models, name).to(device)
+    models.device = device
+
+
+def free_memory() -> None:
+    """Drop what the last stage left behind before the next one allocates."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _build_tiny(preset: Preset, device: torch.device, dtype: torch.dtype) -> Models:
+    from .tiny import TINY_MAX_SEQUENCE_LENGTH, build_tiny_components
+
+    parts = build_tiny_components()
+    if dtype != torch.float32:
+        for name in ("transformer", "transformer_2", "text_encoder"):
+            parts[name].to(dtype)
+    return Models(
+        **parts, device=torch.device("cpu"), dtype=dtype, preset=preset.name, label=preset.label,
+        max_sequence_length=TINY_MAX_SEQUENCE_LENGTH, is_random_weights=True,
+    )
+
+
+def _build_real(config: EngineConfig, preset: Preset, dtype: torch.dtype) -> Models:
+    from diffusers import AutoencoderKLWan
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    from .download import local_preset_files
+    from .lora import apply_loras
+
+    files = preset.files.with_overrides(config.file_overrides)
+    paths = local_preset_files(files, config.models_dir)
+    configs = wan22_config_dir()
+    high = load_expert_gguf(paths["high"], configs, "transformer", dtype)
+    low = load_expert_gguf(paths["low"], configs, "transformer_2", dtype)
+    vae = AutoencoderKLWan.from_single_file(
+        str(paths["vae"]), config=str(configs), subfolder="vae", torch_dtype=dtype, local_files_only=True
+    ).eval()
+    text_encoder = UMT5EncoderModel.from_pretrained(paths["text_encoder"], torch_dtype=dtype).eval()
+    tokenizer = AutoTokenizer.from_pretrained(paths["tokenizer"])
+    models = Models(
+        transformer=high, transformer_2=low, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        device=torch.device("cpu"), dtype=dtype, preset=preset.name, label=preset.label,
+    )
+    if config.use_loras:
+        apply_loras(models, paths, config.lora_strengths)
+    return models
+
+
+_CACHE: dict[tuple, Models] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_models(config: EngineConfig) -> Models:
+    """Load (or return the already loaded) models for `config`; a new key unloads the old models."""
+    preset = get_preset(config.preset)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(device, config.dtype)
+    key = (config.preset, config.file_overrides, str(device), str(dtype), config.lora_strengths,
+           config.use_loras, str(config.models_dir))
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        _CACHE.clear()  # one preset at a time: two A14B presets never fit together
+        free_memory()
+        log.info("loading preset %s on %s in %s", preset.label, device, dtype)
+        models = _build_tiny(preset, device, dtype) if preset.files is None else _build_real(config, preset, dtype)
+        place_models(models, device)
+        _CACHE[key] = models
+        return models
+
+
+def unload_models() -> None:
+    with _CACHE_LOCK:
+        _CACHE.clear()
+    free_memory()
