@@ -1,0 +1,114 @@
+"""SVI 2.0 Pro and LightX2V LoRAs as unfused, named PEFT adapters on both experts.
+
+Fusing into GGUF weights fails (diffusers #12047), so adapters stay separate and are weighted per expert.
+Accepted key formats: official SVI (`blocks.N...lora_B.default.weight`), ComfyUI/Kijai
+(`diffusion_model.blocks.N...`) and musubi (`lora_unet_blocks_N_...`).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from .config import LoraStrengths
+from .errors import LoraMismatch
+
+log = logging.getLogger(__name__)
+
+PREFIX = "transformer"  # what diffusers' Wan converter puts in front of every key
+
+
+def to_comfy_format(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official SVI keys -> ComfyUI keys: drop PEFT's `.default` and add `diffusion_model.`."""
+    out = {}
+    for key, value in state_dict.items():
+        key = key.replace(".default.", ".")
+        if key.startswith("model.diffusion_model."):
+            key = key[len("model."):]
+        if not key.startswith("diffusion_model."):
+            key = "diffusion_model." + key
+        out[key] = value
+    return out
+
+
+def to_diffusers_format(state_dict: Mapping[str, torch.Tensor], source: str = "LoRA") -> dict[str, torch.Tensor]:
+    """Convert any accepted format to diffusers' `transformer.<module>.lora_{A,B}.weight` keys."""
+    from diffusers.loaders.lora_conversion_utils import (
+        _convert_musubi_wan_lora_to_diffusers,
+        _convert_non_diffusers_wan_lora_to_diffusers,
+    )
+
+    state_dict = dict(state_dict)
+    if not state_dict:
+        raise LoraMismatch(f"{source} holds no tensors")
+    if all(k.startswith(f"{PREFIX}.") for k in state_dict):
+        return state_dict
+    try:
+        if any(k.startswith("lora_unet_") for k in state_dict):
+            return _convert_musubi_wan_lora_to_diffusers(state_dict)
+        return _convert_non_diffusers_wan_lora_to_diffusers(to_comfy_format(state_dict))
+    except (ValueError, KeyError) as err:
+        sample = sorted(state_dict)[:3]
+        raise LoraMismatch(f"{source} is not a Wan LoRA this engine can read (keys like {sample}): {err}") from err
+
+
+def matched_modules(transformer: torch.nn.Module, converted: Mapping[str, torch.Tensor]) -> tuple[set, set]:
+    """(modules the LoRA targets that exist in `transformer`, those that do not)."""
+    names = {name for name, _ in transformer.named_modules()}
+    targets = set()
+    for key in converted:
+        module = key[len(PREFIX) + 1:] if key.startswith(f"{PREFIX}.") else key
+        targets.add(module.rsplit(".lora_", 1)[0])
+    return targets & names, targets - names
+
+
+def load_lora(transformer: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], adapter_name: str,
+              source: str = "LoRA") -> int:
+    """Attach one LoRA as adapter `adapter_name`; returns how many layers it targets.
+
+    A LoRA that targets no layer of this model raises `LoraMismatch` instead of silently doing nothing.
+    """
+    converted = to_diffusers_format(state_dict, source)
+    found, missing = matched_modules(transformer, converted)
+    if not found:
+        sample = sorted(missing)[:3]
+        raise LoraMismatch(f"{source} matches no layer of the model (it targets e.g. {sample})")
+    if missing:
+        log.warning("%s: %d of %d target layers are not in the model, e.g. %s",
+                    source, len(missing), len(found) + len(missing), sorted(missing)[:3])
+        converted = {k: v for k, v in converted.items() if k[len(PREFIX) + 1:].rsplit(".lora_", 1)[0] in found}
+    transformer.load_lora_adapter(converted, prefix=PREFIX, adapter_name=adapter_name)
+    return len(found)
+
+
+def set_strengths(transformer: torch.nn.Module, strengths: Mapping[str, float]) -> None:
+    """Weight the named adapters of one expert; all of them stay active and unfused."""
+    names = list(strengths)
+    transformer.set_adapters(names, [float(strengths[n]) for n in names])
+
+
+def read_lora_file(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def apply_loras(models, paths: Mapping[str, Path], strengths: LoraStrengths) -> None:
+    """Load SVI Pro and LightX2V onto the high- and low-noise experts with per-expert strengths."""
+    plan = {
+        "transformer": {"svi": ("svi_high", strengths.svi_high), "lightx2v": ("lightx2v_high", strengths.lightx2v_high)},
+        "transformer_2": {"svi": ("svi_low", strengths.svi_low), "lightx2v": ("lightx2v_low", strengths.lightx2v_low)},
+    }
+    for expert_name, adapters in plan.items():
+        expert = getattr(models, expert_name)
+        weights = {}
+        for adapter_name, (part, strength) in adapters.items():
+            if part not in paths:
+                continue
+            n = load_lora(expert, read_lora_file(paths[part]), adapter_name, source=str(paths[part]))
+            log.info("%s: adapter %s from %s on %d layers at %.2f", expert_name, adapter_name, paths[part], n, strength)
+            weights[adapter_name] = strength
+        if weights:
+            set_strengths(expert, weights)
