@@ -1,0 +1,220 @@
+"""Frozen settings for the chat bots, read once from the environment by the CLI.
+
+Also the logging filter that keeps a bot token out of every log line.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from storage.config import Limits
+
+CLOUD_API_BASE_URL = "https://api.telegram.org"
+CLOUD_UPLOAD_LIMIT_MB = 50  # the cloud Bot API refuses bigger uploads
+SELF_HOSTED_UPLOAD_LIMIT_MB = 2000  # a local Bot API server accepts up to 2 GB
+SPOILER_MODES = ("auto", "always", "never")
+
+
+def _ids(value: str | None) -> frozenset[str]:
+    """Parse a comma-separated id list; blanks are ignored so "" means "nobody listed"."""
+    if not value:
+        return frozenset()
+    return frozenset(part.strip() for part in value.split(",") if part.strip())
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0,
+         maximum: int | None = None) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = f" and at most {maximum}" if maximum is not None else ""
+        raise ValueError(f"{name} is {value}; it must be at least {minimum}{upper}")
+    return value
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    """Who may use the bots and how much; shared by every chat platform."""
+
+    allowed_users: frozenset[str] = frozenset()  # empty: anyone may use the bot
+    allowed_chats: frozenset[str] = frozenset()  # empty: any chat, group, guild or channel
+    admins: frozenset[str] = frozenset()  # may cancel any job and see /queue; not limited
+    max_active_jobs: int = 1  # queued + running jobs per user; one GPU is shared by everybody
+    stories_per_day: int = 20  # per user, counted per UTC day
+    limits: Limits = field(default_factory=Limits)
+    poll_interval_s: float = 1.0  # how often the outbox looks for new events
+
+    def __post_init__(self) -> None:
+        if self.max_active_jobs < 1:
+            raise ValueError(f"max_active_jobs is {self.max_active_jobs}; it must be at least 1")
+        if self.stories_per_day < 1:
+            raise ValueError(f"stories_per_day is {self.stories_per_day}; it must be at least 1")
+        if self.poll_interval_s <= 0:
+            raise ValueError(f"poll_interval_s is {self.poll_interval_s}; it must be above 0")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "BotConfig":
+        max_segments = _int(env, "SVIBOT_MAX_SEGMENTS", Limits.max_segments, minimum=1, maximum=100)
+        return cls(
+            allowed_users=_ids(env.get("SVIBOT_ALLOWED_USERS")),
+            allowed_chats=_ids(env.get("SVIBOT_ALLOWED_CHATS")),
+            admins=_ids(env.get("SVIBOT_ADMINS")),
+            max_active_jobs=_int(env, "SVIBOT_MAX_ACTIVE_JOBS", 1, minimum=1),
+            stories_per_day=_int(env, "SVIBOT_STORIES_PER_DAY", 20, minimum=1),
+            limits=replace(Limits(), max_segments=max_segments),
+        )
+
+
+@dataclass(frozen=True)
+class TelegramConfig:
+    """How to reach the Telegram Bot API (cloud or self-hosted) and how often to talk to it."""
+
+    token: str = field(repr=False)
+    api_base_url: str = CLOUD_API_BASE_URL  # server root; <root>/bot and <root>/file/bot are derived
+    upload_limit_mb: int = CLOUD_UPLOAD_LIMIT_MB
+    edit_interval_s: float = 3.0  # Telegram throttles edits; one per 3 s per chat stays clear of 429s
+    photo_memory_s: float = 600.0  # how long a photo waits for a following /story in the same chat
+    poll_timeout_s: float = 10.0  # getUpdates long-poll timeout
+    max_download_mb: int = 20  # the cloud Bot API serves files up to 20 MB
+
+    def __post_init__(self) -> None:
+        if not self.token:
+            raise ValueError("TELEGRAM_BOT_TOKEN is empty; set it to the token from @BotFather")
+        if not self.api_base_url.startswith(("http://", "https://")):
+            raise ValueError(f"TELEGRAM_API_BASE_URL must start with http:// or https://, not {self.api_base_url!r}")
+        limit = SELF_HOSTED_UPLOAD_LIMIT_MB if self.self_hosted else CLOUD_UPLOAD_LIMIT_MB
+        if not 1 <= self.upload_limit_mb <= limit:
+            where = "a self-hosted Bot API server" if self.self_hosted else "the cloud Bot API"
+            raise ValueError(
+                f"SVIBOT_TELEGRAM_UPLOAD_LIMIT_MB is {self.upload_limit_mb}; with {where} it must be "
+                f"between 1 and {limit}")
+        if self.edit_interval_s < 0:
+            raise ValueError(f"edit_interval_s is {self.edit_interval_s}; it must not be negative")
+
+    @property
+    def self_hosted(self) -> bool:
+        return self.api_base_url.rstrip("/") != CLOUD_API_BASE_URL
+
+    @property
+    def bot_url(self) -> str:
+        return f"{self.api_base_url.rstrip('/')}/bot"
+
+    @property
+    def file_url(self) -> str:
+        return f"{self.api_base_url.rstrip('/')}/file/bot"
+
+    @property
+    def upload_limit_bytes(self) -> int:
+        return self.upload_limit_mb * 1024 * 1024
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "TelegramConfig":
+        base = env.get("TELEGRAM_API_BASE_URL", "").strip() or CLOUD_API_BASE_URL
+        cloud = base.rstrip("/") == CLOUD_API_BASE_URL
+        maximum = CLOUD_UPLOAD_LIMIT_MB if cloud else SELF_HOSTED_UPLOAD_LIMIT_MB
+        return cls(
+            token=env.get("TELEGRAM_BOT_TOKEN", "").strip(),
+            api_base_url=base.rstrip("/"),
+            upload_limit_mb=_int(env, "SVIBOT_TELEGRAM_UPLOAD_LIMIT_MB", CLOUD_UPLOAD_LIMIT_MB,
+                                 minimum=1, maximum=maximum),
+        )
+
+
+@dataclass(frozen=True)
+class DiscordConfig:
+    """How to reach Discord: the token, the guild to sync commands to, spoiler policy."""
+
+    token: str = field(repr=False)
+    guild_id: int | None = None  # sync app commands to this guild at once; None syncs globally (slow)
+    spoiler: str = "auto"  # auto: spoiler unless the channel is age-restricted
+    edit_interval_s: float = 2.0  # Discord allows ~5 edits per 5 s per channel; stay well under
+
+    def __post_init__(self) -> None:
+        if not self.token:
+            raise ValueError("DISCORD_BOT_TOKEN is empty; set it to the bot token from the developer portal")
+        if self.spoiler not in SPOILER_MODES:
+            raise ValueError(f"SVIBOT_DISCORD_SPOILER is {self.spoiler!r}; it must be one of {SPOILER_MODES}")
+        if self.edit_interval_s < 0:
+            raise ValueError(f"edit_interval_s is {self.edit_interval_s}; it must not be negative")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "DiscordConfig":
+        raw_guild = env.get("DISCORD_GUILD_ID", "").strip()
+        guild_id = None
+        if raw_guild:
+            if not raw_guild.isdigit():
+                raise ValueError(f"DISCORD_GUILD_ID must be a numeric id, not {raw_guild!r}")
+            guild_id = int(raw_guild)
+        return cls(
+            token=env.get("DISCORD_BOT_TOKEN", "").strip(),
+            guild_id=guild_id,
+            spoiler=env.get("SVIBOT_DISCORD_SPOILER", "auto").strip().lower() or "auto",
+        )
+
+
+# -- secrets in logs ---------------------------------------------------------------------------
+REDACTED = "<redacted>"
+SECRET_LOGGERS = ("", "httpx", "httpcore", "telegram", "telegram.ext", "telegram.ext.Application",
+                  "telegram.ext.Updater", "telegram.Bot", "telegram.ext.ExtBot", "discord",
+                  "discord.client", "discord.gateway", "discord.http", "aiohttp", "aiohttp.client")
+
+
+class SecretFilter(logging.Filter):
+    """Replace a secret (a bot token) in a record's message and traceback.
+
+    HTTP clients log request URLs, and the Telegram Bot API puts the token in every URL.
+    """
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        if not secret:
+            raise ValueError("SecretFilter needs a non-empty secret")
+        self.secret = secret
+
+    def redact(self, text: str) -> str:
+        return text.replace(self.secret, REDACTED)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record; leave it for logging to report
+            return True
+        if self.secret in message:
+            record.msg, record.args = self.redact(message), ()
+        if record.exc_info and record.exc_info[0] is not None:
+            # Format the traceback now so the cached text, which handlers reuse, is clean.
+            if not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = self.redact(record.exc_text)
+        return True
+
+
+def install_secret_filter(secret: str, logger_names: Iterable[str] = SECRET_LOGGERS) -> SecretFilter:
+    """Attach one SecretFilter to the named loggers and to the root logger's handlers.
+
+    Logger filters do not see records propagated from child loggers, so the root
+    handlers carry it too. Installing the same secret twice adds no second filter.
+    """
+    filt = SecretFilter(secret)
+    targets: list[logging.Filterer] = [logging.getLogger(name) for name in logger_names]
+    targets += logging.getLogger().handlers
+    for target in targets:
+        if not any(isinstance(f, SecretFilter) and f.secret == secret for f in target.filters):
+            target.addFilter(filt)
+    return filt
+
+
+def remove_secret_filter(secret: str, logger_names: Iterable[str] = SECRET_LOGGERS) -> None:
+    """Undo `install_secret_filter` (tests install filters for throwaway tokens)."""
+    targets: list[logging.Filterer] = [logging.getLogger(name) for name in logger_names]
+    targets += logging.getLogger().handlers
+    for target in targets:
+        for f in list(target.filters):
+            if isinstance(f, SecretFilter) and f.secret == secret:
+                target.removeFilter(f)

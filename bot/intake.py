@@ -1,0 +1,160 @@
+"""Platform-neutral use cases behind the chat commands: start a story, re-roll, cancel, status, queue.
+
+Adapters parse their platform's messages, call these, and render the result or the error text.
+Refusals are `access.AccessDenied`; bad input is `storage.errors.InputError`; both read well as replies.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from storage.errors import JobNotFound, NotAllowed
+from storage.models import ACTIVE_STATES, Job, NewJob
+from storage.queue import JobQueue
+from storage.validate import check_photo, parse_prompts
+
+from . import access, texts
+from .config import BotConfig
+
+MAX_SEED = 2**31 - 1
+
+
+def new_seed() -> int:
+    return random.randint(0, MAX_SEED)
+
+
+@dataclass(frozen=True)
+class StoryRequest:
+    """One "make a story" request, already lifted out of the platform's message."""
+
+    platform: str
+    chat_id: str
+    user_id: str
+    text: str  # the prompts, "a | b | c"
+    photo: bytes
+    photo_suffix: str = ".img"
+    seed: int | None = None  # None: a random seed
+    chat_ids: tuple[str, ...] = ()  # extra ids the chat allowlist may match (e.g. a Discord guild)
+    meta: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)  # e.g. {"preset": "tiny"}
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A job just queued, with what the first reply shows."""
+
+    job: Job
+    position: int | None
+    eta_s: float | None
+    workers_online: int
+
+    @property
+    def text(self) -> str:
+        return texts.queued_text(self.job.id, self.position, self.eta_s, self.workers_online)
+
+
+async def preflight(queue: JobQueue, config: BotConfig, *, platform: str, user_id: str, chat_id: str,
+                    text: str | None, chat_ids: Sequence[str] = ()) -> list[str]:
+    """Everything that can be checked before the photo is downloaded; returns the prompts.
+
+    Raises AccessDenied (allowlist, active-job or daily limit) or InputError (bad prompts).
+    """
+    access.check_allowed(config, user_id, [chat_id, *chat_ids])
+    prompts = parse_prompts(text, config.limits)
+    await access.check_limits(config, queue, platform, user_id)
+    return prompts
+
+
+async def start_story(queue: JobQueue, config: BotConfig, request: StoryRequest) -> Queued:
+    """Check access, limits, prompts and photo, then queue the job. Nothing is queued on error."""
+    prompts = await preflight(queue, config, platform=request.platform, user_id=request.user_id,
+                              chat_id=request.chat_id, text=request.text, chat_ids=request.chat_ids)
+    check_photo(request.photo, config.limits)
+    seed = new_seed() if request.seed is None else request.seed
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed is {seed}; it must be between 0 and {MAX_SEED}")
+    job = await queue.enqueue(NewJob(
+        platform=request.platform, chat_id=str(request.chat_id), user_id=str(request.user_id),
+        photo=request.photo, prompts=prompts, settings={**request.settings, "seed": seed},
+        meta=dict(request.meta), photo_suffix=request.photo_suffix,
+    ), config.limits)
+    return await describe_queued(queue, job)
+
+
+async def describe_queued(queue: JobQueue, job: Job) -> Queued:
+    position = await queue.position(job.id)
+    stats = await queue.stats()
+    eta = stats.eta_seconds(await queue.segments_ahead(job.id))
+    return Queued(job=job, position=position, eta_s=eta, workers_online=stats.workers_online)
+
+
+async def reroll(queue: JobQueue, config: BotConfig, job_id: int, *, user_id: str, chat_id: str,
+                 chat_ids: Sequence[str] = (), meta: dict[str, Any] | None = None) -> Queued:
+    """Queue the same photo and prompts again with a new seed, as a new job of `user_id`."""
+    old = await queue.get_job(job_id)
+    photo = Path(old.photo_path).read_bytes()
+    settings = {k: v for k, v in old.settings.items() if k != "seed"}
+    return await start_story(queue, config, StoryRequest(
+        platform=old.platform, chat_id=str(chat_id), user_id=str(user_id), text=" | ".join(old.prompts),
+        photo=photo, photo_suffix=Path(old.photo_path).suffix or ".img", chat_ids=tuple(chat_ids),
+        meta={**old.meta, **(meta or {}), "reroll_of": old.id}, settings=settings,
+    ))
+
+
+async def cancel(queue: JobQueue, config: BotConfig, *, platform: str, user_id: str,
+                 job_id: int | None) -> str:
+    """Cancel `job_id`, or the user's only active job; returns the reply text.
+
+    Raises AccessDenied when the job belongs to someone else (admins may cancel any job).
+    """
+    if job_id is None:
+        active = await queue.jobs_for_user(platform, user_id, active_only=True)
+        if len(active) != 1:
+            return texts.cancel_usage_text(sorted(j.id for j in active))
+        job_id = active[0].id
+    try:
+        job = await queue.cancel(job_id, by_user=user_id, is_admin=access.is_admin(config, user_id))
+    except JobNotFound:
+        return f"There is no job #{job_id}."
+    except NotAllowed as err:
+        raise access.AccessDenied(f"You cannot cancel job #{job_id}: {err}.") from None
+    return texts.cancelled_reply(job)
+
+
+async def _job_lines(queue: JobQueue, jobs: list[Job]) -> list[str]:
+    stats = await queue.stats()
+    lines = []
+    for job in jobs:
+        position = await queue.position(job.id) if job.state in ACTIVE_STATES else None
+        eta = stats.eta_seconds(await queue.segments_ahead(job.id)) if job.state in ACTIVE_STATES else None
+        lines.append(texts.job_line(job, position, eta))
+    return lines
+
+
+async def status(queue: JobQueue, *, platform: str, user_id: str, recent: int = 5) -> str:
+    """The user's active jobs plus a few recent ones, and whether a worker is online."""
+    jobs = await queue.jobs_for_user(platform, user_id)
+    active = [j for j in jobs if j.state in ACTIVE_STATES]
+    finished = [j for j in jobs if j.state not in ACTIVE_STATES][:recent]
+    shown = sorted(active, key=lambda j: j.id) + finished
+    stats = await queue.stats()
+    return texts.status_text(await _job_lines(queue, shown), stats.workers_online)
+
+
+async def queue_overview(queue: JobQueue, config: BotConfig, *, user_id: str, limit: int = 30) -> str:
+    """The whole queue, for admins only (raises AdminsOnly otherwise)."""
+    access.check_admin(config, user_id)
+    jobs = await queue.list_jobs(ACTIVE_STATES, limit=limit)
+    lines = [f"{line} (user {job.platform}:{job.user_id})"
+             for job, line in zip(jobs, await _job_lines(queue, jobs))]
+    stats = await queue.stats()
+    return texts.queue_text(lines, stats.workers_online)
+
+
+async def help_text(queue: JobQueue, config: BotConfig, *, command_prefix: str = "/") -> str:
+    stats = await queue.stats()
+    return texts.help_text(config.limits, queue_length=stats.queued + stats.running,
+                           workers_online=stats.workers_online, command_prefix=command_prefix)

@@ -1,0 +1,179 @@
+"""Every user-facing string of the chat bots, as plain functions of the values they show.
+
+Texts are plain (no Markdown/HTML) so user prompts need no escaping on any platform.
+"""
+from __future__ import annotations
+
+from storage.config import Limits
+from storage.models import Job
+
+SECONDS_PER_SEGMENT = 5  # what a user gets per prompt; the worker's presets make ~5 s clips
+BAR_WIDTH = 10
+
+RESPONSIBLE_USE = (
+    "Use only photos you have the right to use. No sexual content involving real people "
+    "and no impersonation of real people. The operator decides who may use the bot."
+)
+
+
+def minutes(seconds: float | None) -> str:
+    """Round an ETA to whole minutes for display; unknown ETAs say so."""
+    if seconds is None:
+        return "unknown"
+    return f"~{max(1, round(seconds / 60))} min"
+
+
+def help_text(limits: Limits, *, queue_length: int, workers_online: int, command_prefix: str = "/") -> str:
+    worker = "a GPU worker is online" if workers_online else "no GPU worker is online right now"
+    p = command_prefix
+    return "\n".join([
+        "Send a photo and a story; each part between | becomes one video segment.",
+        "",
+        f"Example: a photo with the caption  {p}story a cat walks | the cat runs | the cat flies",
+        f"You can also reply {p}story ... to a photo, or send a photo and then {p}story ...",
+        "",
+        f"Limits: up to {limits.max_segments} segments per story, about {SECONDS_PER_SEGMENT} s each; "
+        f"prompts up to {limits.max_prompt_chars} characters; photos up to "
+        f"{limits.max_photo_bytes // (1024 * 1024)} MB.",
+        f"Queue: {queue_length} job(s) waiting or running; {worker}.",
+        "",
+        f"{p}status: your jobs   {p}cancel [job]: cancel a job   {p}help: this text",
+        "",
+        RESPONSIBLE_USE,
+    ])
+
+
+def queued_text(job_id: int, position: int | None, eta_s: float | None, workers_online: int) -> str:
+    text = f"Queued: job #{job_id}, position {position if position is not None else '?'}, ETA {minutes(eta_s)}"
+    if not workers_online:
+        text += "\nNo GPU worker is online right now; your job is queued and starts when one comes online."
+    return text
+
+
+def position_text(job_id: int, position: int, eta_s: float | None) -> str:
+    if position <= 0:
+        return f"Job #{job_id}: starting..."
+    return f"Job #{job_id}: waiting, position {position} in the queue, ETA {minutes(eta_s)}"
+
+
+def progress_bar(fraction: float, width: int = BAR_WIDTH) -> str:
+    filled = min(width, max(0, int(round(fraction * width))))
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def progress_text(job_id: int, segment: int, num_segments: int, step: int, num_steps: int,
+                  eta_s: float | None = None) -> str:
+    """`segment` is 0-based (as in the event payload); `step` is 1-based."""
+    done = (segment + (step / num_steps if num_steps else 0)) / max(1, num_segments)
+    return (f"Job #{job_id}: generating {progress_bar(done)} {round(done * 100)}%\n"
+            f"segment {segment + 1}/{num_segments}, step {step}/{num_steps}, ETA {minutes(eta_s)}")
+
+
+def uploading_text(job_id: int, index: int, num_segments: int) -> str:
+    return f"Job #{job_id}: uploading segment {index + 1}/{num_segments}..."
+
+
+def uploading_story_text(job_id: int) -> str:
+    return f"Job #{job_id}: uploading the whole story..."
+
+
+def done_text(job_id: int, num_segments: int, duration_s: float) -> str:
+    return f"Job #{job_id}: done, {num_segments} segment(s), {duration_s:.0f} s of video."
+
+
+def failed_text(job_id: int, error: str) -> str:
+    return f"Job #{job_id} failed: {error}"
+
+
+def cancelled_text(job_id: int, segments_done: int) -> str:
+    return f"Job #{job_id} was cancelled after {segments_done} segment(s)."
+
+
+def segment_caption(index: int, num_segments: int, prompt: str) -> str:
+    """`index` is 0-based."""
+    return f"Segment {index + 1}/{num_segments}: {prompt}"
+
+
+def story_caption(num_segments: int, duration_s: float) -> str:
+    return f"Your story ({num_segments} segments, {duration_s:.0f} s)"
+
+
+def too_big_text(what: str, size_bytes: int, limit_bytes: int) -> str:
+    return (f"{what} is {size_bytes / 1e6:.1f} MB even after re-encoding, over the "
+            f"{limit_bytes / 1e6:.0f} MB upload limit here. Try a story with fewer segments.")
+
+
+def job_line(job: Job, position: int | None, eta_s: float | None) -> str:
+    prompts = " | ".join(job.prompts)
+    if len(prompts) > 60:
+        prompts = prompts[:57] + "..."
+    if job.state == "queued":
+        where = f"queued, position {position}, ETA {minutes(eta_s)}"
+    elif job.state == "running":
+        where = f"running, ETA {minutes(eta_s)}"
+    else:
+        where = job.state
+    return f"#{job.id} {where}: {prompts}"
+
+
+def status_text(lines: list[str], workers_online: int) -> str:
+    worker = "A GPU worker is online." if workers_online else "No GPU worker is online right now."
+    if not lines:
+        return f"You have no jobs. {worker}"
+    return "Your jobs:\n" + "\n".join(lines) + "\n" + worker
+
+
+def queue_text(lines: list[str], workers_online: int) -> str:
+    if not lines:
+        return f"The queue is empty. GPU workers online: {workers_online}."
+    return "Queue:\n" + "\n".join(lines) + f"\nGPU workers online: {workers_online}."
+
+
+# -- refusals and replies ------------------------------------------------------------------------
+NOT_ALLOWED = "Sorry, this bot is private. The operator decides who may use it."
+NOT_ALLOWED_CHAT = "Sorry, this bot is not enabled in this chat. The operator decides where it may be used."
+ADMINS_ONLY = "Only the bot's admins may do that."
+NO_PHOTO = ("There is no photo for this story. Send a photo with the caption /story a | b | c, "
+            "reply /story ... to a photo, or send a photo first and then /story ...")
+INTERNAL_ERROR = "Sorry, something went wrong on my side. The error was logged; please try again later."
+
+
+def active_limit_text(active: int, limit: int, job_ids: list[int]) -> str:
+    ids = ", ".join(f"#{i}" for i in job_ids)
+    return (f"You already have {active} active job(s) ({ids}); the limit is {limit} per user. "
+            "It frees up as soon as one of them finishes, or when you /cancel it.")
+
+
+def daily_limit_text(count: int, limit: int, resets_in_s: float) -> str:
+    hours, rest = divmod(int(resets_in_s), 3600)
+    return (f"You have started {count} stories today; the limit is {limit} per day. "
+            f"It resets at 00:00 UTC, in {hours} h {rest // 60} min.")
+
+
+def not_an_image_text(mime_type: str | None) -> str:
+    kind = mime_type or "unknown type"
+    return f"That file is a {kind} document, not an image. Send a JPEG, PNG or WebP photo."
+
+
+def photo_too_large_text(size_bytes: int, limit_bytes: int) -> str:
+    return (f"The photo is {size_bytes / 1e6:.1f} MB; the limit is {limit_bytes / 1e6:.0f} MB. "
+            "Send a smaller or compressed photo.")
+
+
+def cancel_usage_text(job_ids: list[int]) -> str:
+    if not job_ids:
+        return "You have no active job to cancel."
+    ids = ", ".join(f"#{i}" for i in job_ids)
+    return f"You have several active jobs ({ids}); say which one, e.g. /cancel {job_ids[0]}"
+
+
+def cancelled_reply(job: Job) -> str:
+    if job.state == "cancelled":
+        return f"Cancelled job #{job.id}."
+    if job.state == "running":
+        return f"Cancelling job #{job.id}; it stops after the current step."
+    return f"Job #{job.id} is already {job.state}; nothing to cancel."
+
+
+def bad_job_id_text(raw: str) -> str:
+    return f"{raw!r} is not a job number; use e.g. /cancel 12"
