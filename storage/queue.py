@@ -5,6 +5,7 @@ and records segments. Several processes on one host may share the database file.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -62,6 +63,7 @@ class JobQueue:
         self.config = config
         self._photos_dir = Path(photos_dir)
         self._clock = clock
+        self._write_lock = asyncio.Lock()  # one connection: writers of this process take turns
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
@@ -100,13 +102,14 @@ class JobQueue:
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
         """The one write path: BEGIN IMMEDIATE, commit, or roll back on any error."""
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
-        await self._db.execute("COMMIT")
+        async with self._write_lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
 
     # -- adapters' side ----------------------------------------------------------------------
     async def enqueue(self, new: NewJob, limits: Limits) -> Job:
@@ -208,10 +211,16 @@ class JobQueue:
         return job
 
     # -- outbox ----------------------------------------------------------------------------
-    async def pending_events(self, platform: str, limit: int = 100) -> list[Event]:
-        cur = await self._db.execute(
-            "SELECT * FROM events WHERE platform = ? AND delivered_at IS NULL ORDER BY id LIMIT ?",
-            (platform, limit))
+    async def pending_events(self, platform: str, limit: int = 100, *, job_id: int | None = None) -> list[Event]:
+        """Undelivered events of one platform (optionally one job), oldest first."""
+        if job_id is None:
+            cur = await self._db.execute(
+                "SELECT * FROM events WHERE platform = ? AND delivered_at IS NULL ORDER BY id LIMIT ?",
+                (platform, limit))
+        else:
+            cur = await self._db.execute(
+                "SELECT * FROM events WHERE platform = ? AND job_id = ? AND delivered_at IS NULL ORDER BY id LIMIT ?",
+                (platform, job_id, limit))
         return [Event.from_row(r) for r in await cur.fetchall()]
 
     async def mark_delivered(self, event_id: int, message_id: str | None = None) -> bool:

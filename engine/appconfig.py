@@ -1,0 +1,76 @@
+"""The one place where flags and environment variables become frozen configs."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage import DataDir, Limits, QueueConfig
+from storage.errors import BadSetting
+
+from .config import EngineConfig, default_preset
+from .worker import WorkerConfig
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    data_dir: DataDir
+    queue: QueueConfig
+    limits: Limits
+    engine: EngineConfig
+    worker: WorkerConfig
+
+
+def _number(env: Mapping[str, str], name: str, kind: type, default):
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise BadSetting(f"{name} must be a {kind.__name__} but is {raw!r}") from None
+
+
+def _file_overrides(items: list[str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise BadSetting(f"a model file override must look like KEY=VALUE (e.g. high_repo=me/wan) but is {item!r}")
+        out.append((key.strip(), value.strip()))
+    return tuple(out)
+
+
+def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> AppConfig:
+    """Flags win over environment variables, which win over defaults."""
+    data_dir = DataDir(Path(getattr(args, "data_dir", None) or env.get("SVIBOT_DATA_DIR") or "svibot-data"))
+    queue = QueueConfig(
+        db_path=data_dir.db_path,
+        lease_seconds=_number(env, "SVIBOT_LEASE_SECONDS", float, QueueConfig.lease_seconds),
+        max_attempts=_number(env, "SVIBOT_MAX_ATTEMPTS", int, QueueConfig.max_attempts),
+    )
+    limits = Limits(
+        max_segments=_number(env, "SVIBOT_MAX_SEGMENTS", int, Limits.max_segments),
+        max_prompt_chars=_number(env, "SVIBOT_MAX_PROMPT_CHARS", int, Limits.max_prompt_chars),
+    )
+    files = [s for s in env.get("SVIBOT_MODEL_FILES", "").split(",") if s.strip()]
+    files += getattr(args, "model_file", None) or []
+    vram = getattr(args, "vram_budget", None)
+    ram = getattr(args, "ram_budget", None)
+    engine = EngineConfig(
+        preset=getattr(args, "preset", None) or env.get("SVIBOT_PRESET") or default_preset(),
+        models_dir=data_dir.models,
+        device=env.get("SVIBOT_DEVICE") or None,
+        dtype=env.get("SVIBOT_DTYPE") or None,
+        file_overrides=_file_overrides(files),
+        vram_budget_gib=vram if vram is not None else _number(env, "SVIBOT_VRAM_BUDGET", float, None),
+        ram_budget_gib=ram if ram is not None else _number(env, "SVIBOT_RAM_BUDGET", float, None),
+    )
+    worker = WorkerConfig(
+        data_dir=data_dir,
+        engine=engine,
+        progress_interval_s=_number(env, "SVIBOT_PROGRESS_INTERVAL", float, WorkerConfig.progress_interval_s),
+        heartbeat_s=max(1.0, queue.lease_seconds / 4),
+    )
+    return AppConfig(data_dir=data_dir, queue=queue, limits=limits, engine=engine, worker=worker)

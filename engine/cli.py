@@ -1,0 +1,226 @@
+"""`svibot`: the command line and the single composition root that wires bots, queue and engine.
+
+Exit codes: 0 done, 1 failed, 2 bad arguments or input, 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from storage import JobQueue, SvibotError
+from storage.errors import InputError
+
+from .appconfig import AppConfig, build_config
+
+log = logging.getLogger("svibot")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="svibot", description="Photo + story -> long video (SVI 2.0 Pro on Wan 2.2 I2V A14B).")
+    parser.add_argument("--data-dir", help="queue, photos, videos and model cache (env SVIBOT_DATA_DIR; default ./svibot-data)")
+    parser.add_argument("--log-level", default=os.environ.get("SVIBOT_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def engine_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--preset", help="tiny, q3_k_m, q4_k_s, q4_k_m, q5_k_m, q6_k, q8_0 (env SVIBOT_PRESET)")
+        p.add_argument("--vram-budget", type=float, metavar="GIB", help="VRAM the engine may use (env SVIBOT_VRAM_BUDGET)")
+        p.add_argument("--ram-budget", type=float, metavar="GIB", help="host RAM for weights (env SVIBOT_RAM_BUDGET)")
+        p.add_argument("--model-file", action="append", metavar="KEY=VALUE",
+                       help="override a model repo or filename, e.g. high_repo=me/wan (repeatable)")
+
+    p = sub.add_parser("story", help="run one story end to end on this machine")
+    p.add_argument("photo", type=Path)
+    p.add_argument("story", help='prompts separated by "|", e.g. "walk | run | fly"')
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, dest="num_inference_steps", help="denoising steps per segment")
+    p.add_argument("--guidance", type=float, dest="guidance_scale")
+    p.add_argument("--quality", choices=["fast", "quality"], help="fast: 4 steps; quality: 40 steps, guidance 3.5")
+    p.add_argument("--chaining", choices=["svi-pro", "last-frame"])
+    p.add_argument("--out", type=Path, help="copy the stitched video here")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    engine_flags(p)
+
+    p = sub.add_parser("worker", help="run the GPU worker on the queue")
+    p.add_argument("--once", action="store_true", help="drain the queue, then exit")
+    engine_flags(p)
+
+    p = sub.add_parser("serve", help="run the Telegram and/or Discord bot (and the worker)")
+    p.add_argument("--telegram", action="store_true")
+    p.add_argument("--discord", action="store_true")
+    p.add_argument("--no-worker", action="store_true", help="bots only; a worker runs elsewhere")
+    p.add_argument("--snapshot-to", type=Path, help="periodically copy the queue DB here (e.g. Google Drive)")
+    p.add_argument("--snapshot-every", type=float, default=300.0, metavar="SECONDS")
+    engine_flags(p)
+
+    p = sub.add_parser("download", help="fetch a preset's model files into the cache")
+    p.add_argument("--dry-run", action="store_true", help="show files, sizes and free disk; fetch nothing")
+    engine_flags(p)
+
+    p = sub.add_parser("jobs", help="list, show or cancel jobs")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "show", "cancel"])
+    p.add_argument("job_id", nargs="?", type=int)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", type=int, default=20)
+    return parser
+
+
+# -- jobs ------------------------------------------------------------------------------------
+async def job_json(queue: JobQueue, job_id: int) -> dict:
+    job = await queue.get_job(job_id)
+    segs = await queue.segments(job_id)
+    return {"id": job.id, "state": job.state, "platform": job.platform, "prompts": job.prompts,
+            "settings": job.settings, "attempts": job.attempts, "error": job.error,
+            "final_path": job.final_path, "created_at": job.created_at,
+            "segments": [{"index": s.index, "video_path": s.video_path, "carry_path": s.carry_path,
+                          "num_frames": s.num_frames, "duration_s": s.duration_s,
+                          "gen_seconds": s.gen_seconds} for s in segs]}
+
+
+async def cmd_jobs(cfg: AppConfig, args: argparse.Namespace) -> int:
+    if args.action in ("show", "cancel") and args.job_id is None:
+        print(f"svibot jobs {args.action} needs a job id", file=sys.stderr)
+        return EXIT_USAGE
+    async with await JobQueue.open(cfg.queue, cfg.data_dir.photos) as queue:
+        if args.action == "cancel":
+            job = await queue.cancel(args.job_id, is_admin=True)
+            print(f"job #{job.id}: {'cancel requested' if job.state == 'running' else job.state}")
+            return EXIT_OK
+        ids = [args.job_id] if args.action == "show" else [j.id for j in await queue.list_jobs(limit=args.limit)]
+        rows = [await job_json(queue, i) for i in ids]
+    if args.json:
+        print(json.dumps(rows[0] if args.action == "show" else rows, ensure_ascii=False))
+        return EXIT_OK
+    if not rows:
+        print("no jobs")
+    for r in rows:
+        print(f"#{r['id']:<5} {r['state']:<9} {len(r['segments'])}/{len(r['prompts'])} segments  "
+              f"{' | '.join(r['prompts'])[:60]}" + (f"  error: {r['error']}" if r["error"] else ""))
+        if args.action == "show":
+            for s in r["segments"]:
+                print(f"       segment {s['index'] + 1}: {s['video_path']} ({s['num_frames']} frames)")
+            if r["final_path"]:
+                print(f"       story: {r['final_path']}")
+    return EXIT_OK
+
+
+def _stop_on_signals(stop: asyncio.Event, interrupted: list[int]) -> None:
+    loop = asyncio.get_running_loop()
+
+    def handler(signum: int) -> None:
+        interrupted.append(signum)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, handler, sig)
+
+
+# -- worker and serve ------------------------------------------------------------------------
+async def cmd_worker(cfg: AppConfig, args: argparse.Namespace) -> int:
+    from .worker import Worker
+
+    stop, interrupted = asyncio.Event(), []
+    _stop_on_signals(stop, interrupted)
+    async with await JobQueue.open(cfg.queue, cfg.data_dir.photos) as queue:
+        ran = await Worker(queue, cfg.worker).run(stop, once=args.once)
+    log.info("worker ran %d job(s)", ran)
+    return EXIT_INTERRUPTED if interrupted else EXIT_OK
+
+
+async def cmd_serve(cfg: AppConfig, args: argparse.Namespace) -> int:
+    """Bots and (unless --no-worker) the worker in one process, around one queue."""
+    from bot.config import BotConfig, DiscordConfig, TelegramConfig
+    from bot.logging import redact_secrets
+
+    from .worker import Worker
+
+    if not (args.telegram or args.discord):
+        print("svibot serve needs --telegram and/or --discord", file=sys.stderr)
+        return EXIT_USAGE
+    env = os.environ
+    bot_config = BotConfig.from_env(env)
+    platforms = []
+    if args.telegram:
+        from bot.telegram import run_telegram
+        platforms.append((run_telegram, TelegramConfig.from_env(env)))
+    if args.discord:
+        from bot.discord_app import run_discord
+        platforms.append((run_discord, DiscordConfig.from_env(env)))
+    redact_secrets([p[1].token for p in platforms])
+    stop, interrupted = asyncio.Event(), []
+    _stop_on_signals(stop, interrupted)
+    if args.snapshot_to:
+        from storage.backup import restore
+        if restore(args.snapshot_to, cfg.queue.db_path):
+            log.info("restored the queue from %s", args.snapshot_to)
+    async with await JobQueue.open(cfg.queue, cfg.data_dir.photos) as queue:
+        tasks = [asyncio.create_task(run(conf, bot_config, queue, cfg.data_dir, stop)) for run, conf in platforms]
+        if not args.no_worker:
+            tasks.append(asyncio.create_task(Worker(queue, cfg.worker).run(stop)))
+        if args.snapshot_to:
+            from storage.backup import snapshot_loop
+            tasks.append(asyncio.create_task(
+                snapshot_loop(cfg.queue.db_path, args.snapshot_to, args.snapshot_every, stop)))
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for t in done:
+            if t.exception() is not None:
+                raise t.exception()
+    return EXIT_INTERRUPTED if interrupted else EXIT_OK
+
+
+async def cmd_download(cfg: AppConfig, args: argparse.Namespace) -> int:
+    from .download import describe_download, download_preset
+    from .presets import get_preset
+
+    preset = get_preset(cfg.engine.preset)
+    print(describe_download(preset, cfg.engine, cfg.data_dir.models), file=sys.stderr)
+    if args.dry_run or preset.files is None:
+        return EXIT_OK
+    paths = await asyncio.to_thread(download_preset, preset, cfg.data_dir.models,
+                                    overrides=cfg.engine.file_overrides, token=os.environ.get("HF_TOKEN") or None)
+    for part, path in paths.items():
+        print(f"{part}: {path}")
+    return EXIT_OK
+
+
+async def cmd_story(cfg: AppConfig, args: argparse.Namespace) -> int:
+    from .story_cli import run_story
+
+    stop, interrupted = asyncio.Event(), []
+    _stop_on_signals(stop, interrupted)
+    return await run_story(cfg, args, stop, interrupted)
+
+
+COMMANDS = {"jobs": cmd_jobs, "worker": cmd_worker, "serve": cmd_serve,
+            "download": cmd_download, "story": cmd_story}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = build_config(args, os.environ)
+        return asyncio.run(COMMANDS[args.command](cfg, args))
+    except InputError as err:
+        print(f"svibot: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except SvibotError as err:
+        print(f"svibot: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""The worker: claims jobs from the queue one at a time, runs their stories on the engine and
+records every finished segment, so the adapters can deliver it and a crashed job can resume.
+
+The engine runs in a thread; its callbacks hop back onto the event loop for every queue write.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from storage import DataDir, DiskFull, InputError, Job, JobQueue, LeaseLost, WorkerId
+from storage.files import atomic_path
+
+from .config import EngineConfig, GenerationSettings
+from .errors import Cancelled
+from .loading import free_memory, load_models, unload_models
+from .presets import get_preset
+from .svi import Progress, SegmentResult, generate_story
+from .video import probe_num_frames, stitch, write_mp4
+
+log = logging.getLogger(__name__)
+
+JOB_ONLY_KEYS = ("preset", "quality")  # job settings that are not GenerationSettings fields
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    data_dir: DataDir
+    engine: EngineConfig  # the default preset; a job's "preset" setting overrides it
+    poll_s: float = 1.0  # how often an idle worker looks for work
+    heartbeat_s: float = 20.0  # lease extension while no denoising step runs (loading, decoding)
+    progress_interval_s: float = 2.0  # progress events are throttled to one per interval per job
+
+
+class _Stop(Exception):
+    """Raised through the engine when the worker is shutting down (not a user cancel)."""
+
+
+def job_settings(job: Job, engine: EngineConfig) -> tuple[str, GenerationSettings]:
+    """The preset and generation settings a job asks for, on top of the preset's defaults."""
+    preset = get_preset(job.settings.get("preset") or engine.preset)
+    base = preset.settings
+    if job.settings.get("quality"):
+        base = base.with_quality(job.settings["quality"])
+    extra = {k: v for k, v in job.settings.items() if k not in JOB_ONLY_KEYS}
+    return preset.name, GenerationSettings.from_dict({**base.to_dict(), **extra})
+
+
+def user_error(err: BaseException, segment: int, num_segments: int) -> str:
+    """A reason the person who asked for the story can read."""
+    where = f"segment {segment + 1} of {num_segments}"
+    if isinstance(err, torch.OutOfMemoryError):
+        return f"ran out of GPU memory at {where}; try a smaller preset or fewer frames"
+    if isinstance(err, DiskFull):
+        return f"disk full at {where}; the operator needs to free space"
+    if isinstance(err, InputError):
+        return str(err)
+    return f"the engine failed at {where}: {type(err).__name__}: {err}"
+
+
+class Worker:
+    """Runs queued jobs serially. `generate` is the engine entry point (replaceable in tests)."""
+
+    def __init__(self, queue: JobQueue, config: WorkerConfig, *,
+                 identity: WorkerId | None = None,
+                 generate: Callable[..., list[SegmentResult]] = generate_story) -> None:
+        self.queue = queue
+        self.config = config
+        self.me = identity or WorkerId.current()
+        self._generate = generate
+        self._preset_loaded: str | None = None
+
+    # -- the loop --------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event, *, once: bool = False,
+                  until_job: int | None = None) -> int:
+        """Serve jobs until `stop` is set (or, with `once`, until the queue is empty). Returns jobs run."""
+        done = 0
+        await self.queue.worker_seen(self.me, self.config.engine.preset)
+        reclaimed = await self.queue.reclaim_dead_local(self.me)
+        if reclaimed:
+            log.info("reclaimed jobs %s from a dead worker on this host", reclaimed)
+        try:
+            while not stop.is_set():
+                await self.queue.reap_expired()
+                await self.queue.worker_seen(self.me, self._preset_loaded or self.config.engine.preset)
+                job = await self.queue.claim(self.me)
+                if job is None:
+                    if once:
+                        break
+                    try:
+                        await asyncio.wait_for(stop.wait(), self.config.poll_s)
+                    except TimeoutError:
+                        pass
+                    continue
+                await self.process(job, stop)
+                done += 1
+                if until_job is not None and (await self.queue.get_job(until_job)).state not in ("queued", "running"):
+                    break
+        finally:
+            await self.queue.worker_gone(self.me)
+        return done
+
+    # -- one job ---------------------------------------------------------------------------
+    async def process(self, job: Job, stop: asyncio.Event) -> Job:
+        loop = asyncio.get_running_loop()
+        n = job.num_segments
+        state = {"segment": 0, "start": 0, "last_progress": 0.0, "t0": time.monotonic(), "cancel": False}
+        log.info("job #%s: %d segment(s), attempt %d", job.id, n, job.attempts + 1)
+
+        def call(coro: Any) -> Any:  # from the engine thread onto the loop, and wait
+            return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+        def should_cancel() -> bool:
+            if stop.is_set():
+                raise _Stop()
+            state["cancel"] = call(self.queue.heartbeat(job.id, self.me))
+            return state["cancel"]
+
+        def on_progress(p: Progress) -> None:
+            state["segment"] = p.segment
+            now = time.monotonic()
+            if p.step != 1 and now - state["last_progress"] < self.config.progress_interval_s:
+                return
+            state["last_progress"] = now
+            call(self.queue.record_progress(job.id, self.me, {
+                "segment": p.segment, "num_segments": p.num_segments, "step": p.step,
+                "num_steps": p.num_steps, "eta_s": self._eta(p, state)}))
+
+        def on_segment(seg: SegmentResult) -> None:
+            # 1. files first (atomic), 2. the row, 3. the "segment ready" event (same transaction as 2)
+            video = write_mp4(seg.frames, self.config.data_dir.segment_video(job.id, seg.index), fps=settings.fps)
+            carry_path = self.config.data_dir.segment_carry(job.id, seg.index)
+            with atomic_path(carry_path) as tmp:
+                torch.save(seg.carry.contiguous().clone(), tmp)
+            call(self.queue.record_segment(
+                job.id, self.me, index=seg.index, prompt=seg.prompt, video_path=video, carry_path=carry_path,
+                num_frames=int(seg.frames.shape[0]), duration_s=seg.frames.shape[0] / settings.fps,
+                gen_seconds=seg.seconds))
+            state["segment"] = seg.index + 1
+
+        heartbeat = asyncio.create_task(self._heartbeat_loop(job, state))
+        try:
+            preset_name, settings = job_settings(job, self.config.engine)
+            done = await self.queue.segments(job.id)
+            start = len(done)
+            state["segment"] = state["start"] = start
+            if start < n:
+                carry = torch.load(done[-1].carry_path, map_location="cpu") if start else None
+                models = await asyncio.to_thread(self._models_for, preset_name)
+                await asyncio.to_thread(
+                    self._generate, models, Path(job.photo_path), job.prompts, settings,
+                    start_segment=start, carry=carry, on_progress=on_progress, on_segment=on_segment,
+                    should_cancel=should_cancel)
+            return await self._finish(job)
+        except Cancelled:
+            kept = len(await self.queue.segments(job.id))
+            log.info("job #%s cancelled after %d segment(s)", job.id, kept)
+            return await self.queue.mark_cancelled(job.id, self.me, segments_done=kept)
+        except _Stop:
+            log.info("job #%s released for the next start (shutting down)", job.id)
+            await self.queue.release(job.id, self.me)
+            return await self.queue.get_job(job.id)
+        except LeaseLost:
+            log.warning("job #%s: lease lost; another worker owns it now", job.id)
+            return await self.queue.get_job(job.id)
+        except Exception as err:  # one bad job never stops the queue
+            log.error("job #%s failed", job.id, exc_info=True)
+            await asyncio.to_thread(free_memory)
+            try:
+                return await self.queue.fail(job.id, self.me, user_error(err, state["segment"], n))
+            except LeaseLost:
+                return await self.queue.get_job(job.id)
+        finally:
+            heartbeat.cancel()
+
+    async def _finish(self, job: Job) -> Job:
+        segments = await self.queue.segments(job.id)
+        final = await asyncio.to_thread(
+            stitch, [Path(s.video_path) for s in segments], self.config.data_dir.story_video(job.id))
+        frames = await asyncio.to_thread(probe_num_frames, final)
+        return await self.queue.complete(job.id, self.me, final, {
+            "num_segments": len(segments), "num_frames": frames,
+            "duration_s": round(sum(s.duration_s for s in segments), 2)})
+
+    def _models_for(self, preset_name: str):
+        """Load (or reuse) the models of a preset; switching presets frees the previous one."""
+        if self._preset_loaded not in (None, preset_name):
+            unload_models()
+            free_memory()
+        models = load_models(replace(self.config.engine, preset=preset_name))
+        self._preset_loaded = preset_name
+        return models
+
+    def _eta(self, p: Progress, state: dict) -> float | None:
+        done_here = p.segment - state["start"] + (p.step - 1) / p.num_steps  # work done in this attempt
+        if done_here <= 0:
+            return None
+        per_segment = (time.monotonic() - state["t0"]) / done_here
+        return round(per_segment * (p.num_segments - p.segment - (p.step - 1) / p.num_steps), 1)
+
+    async def _heartbeat_loop(self, job: Job, state: dict) -> None:
+        """Keep the lease (and the liveness row) fresh while no denoising step heartbeats for us."""
+        while True:
+            await asyncio.sleep(self.config.heartbeat_s)
+            try:
+                state["cancel"] = await self.queue.heartbeat(job.id, self.me)
+                await self.queue.worker_seen(self.me, self._preset_loaded)
+            except LeaseLost:
+                return
