@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from engine.svi import segment_timesteps
+from engine_helpers import PROMPTS, record_story
 
-from conftest import PROMPTS
 
 def first_input(story, segment):
     return next(x for k, _, _, x in story.calls if k == segment)[0]  # (36, T, h, w)
