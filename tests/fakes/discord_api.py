@@ -119,7 +119,6 @@ class FakeDiscord:
         self._seq = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
-        self.changed = asyncio.Condition()
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def __aenter__(self) -> "FakeDiscord":
@@ -171,13 +170,22 @@ class FakeDiscord:
             payload["content_type"] = content_type
         return payload
 
+    @property
+    def connected(self) -> bool:
+        """A client has identified on the gateway."""
+        return bool(self._sockets)
+
     def channel_messages(self) -> list[FakeMessage]:
         return [m for m in self.messages.values() if m.via == "channel"]
 
     async def wait_for(self, predicate: Any, timeout: float = 20.0) -> None:
-        """Wait until `predicate()` holds, re-checking whenever the bot makes a request."""
-        async with self.changed:
-            await asyncio.wait_for(self.changed.wait_for(predicate), timeout)
+        """Wait until `predicate()` holds (polled; the bot's work is spread over REST and gateway)."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fake Discord: condition not met within {timeout} s; "
+                                   f"last requests {self.requests[-5:]}")
+            await asyncio.sleep(0.02)
 
     # -- gateway -------------------------------------------------------------------------------
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
@@ -245,8 +253,6 @@ class FakeDiscord:
         path = "/" + request.match_info["tail"]
         response = await self._route(request, path)
         self.requests.append((request.method, path, response.status))
-        async with self.changed:
-            self.changed.notify_all()
         return response
 
     async def _route(self, request: web.Request, path: str) -> web.StreamResponse:
@@ -276,7 +282,7 @@ class FakeDiscord:
             if m == "PUT":
                 body = await request.json()
                 scope = mt.group(2) or "global"
-                self.commands[scope] = [{**c, "id": str(snowflake_at(time.time(), next(self._ids))),
+                self.commands[scope] = [{"description": "", "options": [], **c, "id": str(snowflake_at(time.time(), next(self._ids))),
                                          "application_id": str(self.application_id), "version": "1",
                                          "default_member_permissions": None} for c in body]
                 return _json(self.commands[scope])

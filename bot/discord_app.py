@@ -1,0 +1,240 @@
+"""The Discord bot: `/story` with an image, `/status`, `/cancel`, `/queue`, buttons and a context menu.
+
+Start it with `run_discord(...)`; results come back through the storage outbox as channel messages.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import discord
+from discord import app_commands
+
+from storage.config import DataDir
+from storage.errors import InputError
+from storage.queue import JobQueue
+from storage.validate import check_photo_size
+
+from . import intake, texts
+from .access import AccessDenied
+from .config import BotConfig, DiscordConfig, install_secret_filter
+from .discord_delivery import DEFAULT_UPLOAD_LIMIT, PLATFORM, DiscordDeliverer
+from .discord_views import CancelButton, RerollButton, StoryModal
+from .outbox import STATUS_REPLY_META, Outbox, OutboxConfig
+
+log = logging.getLogger(__name__)
+
+NO_IMAGE = "Attach a photo to the command: /story prompts:walk | run | fly image:<your photo>"
+NO_IMAGE_IN_MESSAGE = "That message has no image attached; use this on a message with a photo."
+CONTEXT_MENU_NAME = "Make a story from this image"
+
+
+class SviClient(discord.Client):
+    """A discord.py client carrying the queue and settings its commands and buttons need."""
+
+    def __init__(self, config: DiscordConfig, bot_config: BotConfig, queue: JobQueue, data_dir: DataDir) -> None:
+        # Slash commands, buttons and modals arrive as interactions; the guilds intent keeps the
+        # channel cache that tells an age-restricted channel apart. No privileged intents needed.
+        super().__init__(intents=discord.Intents(guilds=True))
+        self.config = config
+        self.bot_config = bot_config
+        self.queue = queue
+        self.data_dir = data_dir
+        self.deliverer = DiscordDeliverer(self, queue, config.spoiler)
+        self.tree = build_tree(self)
+
+    async def setup_hook(self) -> None:
+        # Buttons of status messages sent before a restart match these templates again.
+        self.add_dynamic_items(CancelButton, RerollButton)
+        if self.config.guild_id is not None:
+            guild = discord.Object(id=self.config.guild_id)
+            self.tree.copy_global_to(guild=guild)
+            await self.tree.sync(guild=guild)  # a test guild sees new commands at once
+        else:
+            await self.tree.sync()
+
+    # -- use cases behind the commands ---------------------------------------------------------
+    async def start_story(self, interaction: discord.Interaction, text: str | None,
+                          image: discord.Attachment | None, seed: int | None) -> None:
+        """Check and queue a story, then post its status message in the channel."""
+        await interaction.response.defer(thinking=True)
+        try:
+            queued = await self._queue_story(interaction, text, image, seed)
+        except (AccessDenied, InputError) as err:
+            await _reply(interaction, str(err))
+            return
+        await _reply(interaction, queued.text)
+        await self._post_status(queued)
+
+    async def _queue_story(self, interaction: discord.Interaction, text: str | None,
+                           image: discord.Attachment | None, seed: int | None) -> intake.Queued:
+        user_id, chat_id, chat_ids = _who(interaction)
+        # Cheap checks first: nothing is downloaded for a refused user or a malformed story.
+        await intake.preflight(self.queue, self.bot_config, platform=PLATFORM, user_id=user_id,
+                               chat_id=chat_id, text=text, chat_ids=chat_ids)
+        if image is None:
+            raise InputError(NO_IMAGE)
+        if not (image.content_type or "").startswith("image/"):
+            raise InputError(texts.not_an_image_text(image.content_type))
+        check_photo_size(image.size, self.bot_config.limits)
+        photo = await image.read()
+        return await intake.start_story(self.queue, self.bot_config, intake.StoryRequest(
+            platform=PLATFORM, chat_id=chat_id, user_id=user_id, text=text or "", photo=photo,
+            photo_suffix=Path(image.filename).suffix.lower() or ".img", seed=seed, chat_ids=chat_ids,
+            meta=_channel_meta(interaction)))
+
+    async def _post_status(self, queued: intake.Queued) -> None:
+        position = queued.position if queued.position is not None else 1
+        try:
+            await self.deliverer.post_status(queued.job, texts.position_text(queued.job.id, position, queued.eta_s))
+        except Exception:
+            # The outbox posts the status message with the first event if this one failed.
+            log.exception("posting the status message of job #%d failed", queued.job.id)
+
+    async def press_cancel(self, interaction: discord.Interaction, job_id: int) -> None:
+        """❌ Cancel on a status message; the queue refuses anyone but the owner or an admin."""
+        user_id = str(interaction.user.id)
+        try:
+            text = await intake.cancel(self.queue, self.bot_config, platform=PLATFORM, user_id=user_id,
+                                       job_id=job_id)
+        except AccessDenied as err:
+            text = str(err)
+        await interaction.response.send_message(text, ephemeral=True)
+
+    async def press_reroll(self, interaction: discord.Interaction, job_id: int) -> None:
+        """🔁 Re-roll: queue the same photo and prompts with a new seed for whoever pressed it."""
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        user_id, chat_id, chat_ids = _who(interaction)
+        try:
+            queued = await intake.reroll(self.queue, self.bot_config, job_id, user_id=user_id, chat_id=chat_id,
+                                         chat_ids=chat_ids, meta=_channel_meta(interaction))
+        except (AccessDenied, InputError) as err:
+            await _reply(interaction, str(err))
+            return
+        await _reply(interaction, queued.text)
+        await self._post_status(queued)
+
+
+# -- command handlers ------------------------------------------------------------------------------
+@app_commands.describe(prompts='One prompt per ~5 s segment, separated by "|", e.g. walk | run | fly',
+                       image="The photo to bring to life (JPEG, PNG or WebP)",
+                       seed="Optional seed to repeat a result; random when left out")
+async def story(interaction: discord.Interaction[SviClient], prompts: str,
+                image: discord.Attachment | None = None,
+                seed: app_commands.Range[int, 0, intake.MAX_SEED] | None = None) -> None:
+    """Turn a photo into a video story, one segment per prompt."""
+    await interaction.client.start_story(interaction, prompts, image, seed)
+
+
+async def status(interaction: discord.Interaction[SviClient]) -> None:
+    """Show your jobs and whether a GPU worker is online."""
+    client = interaction.client
+    text = await intake.status(client.queue, platform=PLATFORM, user_id=str(interaction.user.id))
+    await interaction.response.send_message(text, ephemeral=True)
+
+
+@app_commands.describe(job="The job number; leave out to cancel your only active job")
+async def cancel(interaction: discord.Interaction[SviClient], job: int | None = None) -> None:
+    """Cancel one of your jobs."""
+    client = interaction.client
+    try:
+        text = await intake.cancel(client.queue, client.bot_config, platform=PLATFORM,
+                                   user_id=str(interaction.user.id), job_id=job)
+    except AccessDenied as err:
+        text = str(err)
+    await interaction.response.send_message(text, ephemeral=True)
+
+
+async def queue_(interaction: discord.Interaction[SviClient]) -> None:
+    """Show the whole queue (admins only)."""
+    client = interaction.client
+    try:
+        text = await intake.queue_overview(client.queue, client.bot_config, user_id=str(interaction.user.id))
+    except AccessDenied as err:
+        text = str(err)
+    await interaction.response.send_message(text, ephemeral=True)
+
+
+async def help_(interaction: discord.Interaction[SviClient]) -> None:
+    """How to use the bot, its limits and the rules."""
+    client = interaction.client
+    await interaction.response.send_message(await intake.help_text(client.queue, client.bot_config), ephemeral=True)
+
+
+async def story_from_message(interaction: discord.Interaction[SviClient], message: discord.Message) -> None:
+    """Context menu: ask for the prompts, then make a story from the message's image."""
+    image = next((a for a in message.attachments if (a.content_type or "").startswith("image/")), None)
+    if image is None:
+        await interaction.response.send_message(NO_IMAGE_IN_MESSAGE, ephemeral=True)
+        return
+    await interaction.response.send_modal(StoryModal(image))
+
+
+async def on_tree_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+    """Log first, then tell the user once."""
+    log.error("command %s failed", interaction.command and interaction.command.name, exc_info=error)
+    await _reply(interaction, texts.INTERNAL_ERROR)
+
+
+def build_tree(client: SviClient) -> app_commands.CommandTree:
+    """All the wiring: each handler becomes an app command of a fresh tree."""
+    tree = app_commands.CommandTree(client)
+    tree.add_command(app_commands.command(name="story")(story))
+    tree.add_command(app_commands.command(name="status")(status))
+    tree.add_command(app_commands.command(name="cancel")(cancel))
+    tree.add_command(app_commands.command(name="queue")(queue_))
+    tree.add_command(app_commands.command(name="help")(help_))
+    tree.add_command(app_commands.ContextMenu(name=CONTEXT_MENU_NAME, callback=story_from_message))
+    tree.on_error = on_tree_error
+    return tree
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _who(interaction: discord.Interaction) -> tuple[str, str, tuple[str, ...]]:
+    """(user id, channel id, extra ids the chat allowlist may match: the guild)."""
+    chat_ids = (str(interaction.guild_id),) if interaction.guild_id else ()
+    return str(interaction.user.id), str(interaction.channel_id), chat_ids
+
+
+def _channel_meta(interaction: discord.Interaction) -> dict[str, object]:
+    """What delivery needs later, fixed at enqueue time: upload limit, age restriction, guild."""
+    limit = getattr(interaction, "filesize_limit", None)
+    if not limit and interaction.guild is not None:
+        limit = interaction.guild.filesize_limit
+    channel = interaction.channel
+    nsfw = bool(channel is not None and getattr(channel, "is_nsfw", lambda: False)())
+    return {"filesize_limit": int(limit or DEFAULT_UPLOAD_LIMIT), "nsfw": nsfw, "guild_id": interaction.guild_id,
+            STATUS_REPLY_META: True}
+
+
+async def _reply(interaction: discord.Interaction, text: str) -> None:
+    """Answer the interaction once: edit the deferred reply, or send one. A dead token is only logged."""
+    try:
+        if interaction.response.is_done():
+            await interaction.edit_original_response(content=text)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+    except discord.HTTPException as err:
+        log.warning("could not answer interaction %d: %s", interaction.id, err)
+
+
+# -- entry point -----------------------------------------------------------------------------------
+async def run_discord(config: DiscordConfig, bot_config: BotConfig, queue: JobQueue, data_dir: DataDir,
+                      stop: asyncio.Event) -> None:
+    """Run the Discord client and the outbox delivery loop until `stop` is set, then close both."""
+    install_secret_filter(config.token)
+    client = SviClient(config, bot_config, queue, data_dir)
+    outbox = Outbox(queue, client.deliverer, OutboxConfig(edit_interval_s=config.edit_interval_s,
+                                                           poll_interval_s=bot_config.poll_interval_s))
+    async with client:
+        client_task = asyncio.create_task(client.start(config.token), name="discord-client")
+        outbox_task = asyncio.create_task(outbox.run(stop), name="discord-outbox")
+        stop_task = asyncio.create_task(stop.wait())
+        await asyncio.wait({client_task, outbox_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        await client.close()
+        results = await asyncio.gather(client_task, outbox_task, stop_task, return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception):
+            raise result  # e.g. a bad token (LoginFailure) ended the client early

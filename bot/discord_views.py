@@ -1,0 +1,78 @@
+"""The Discord status message's persistent buttons and the "make a story" modal.
+
+Button custom ids carry the job id (`svibot:cancel:<id>`), so `DynamicItem` matches them after a
+restart without the bot remembering which messages it sent. Their callbacks call the client.
+"""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+if TYPE_CHECKING:
+    from .discord_app import SviClient
+
+CANCEL_ID = "svibot:cancel:{job_id}"
+REROLL_ID = "svibot:reroll:{job_id}"
+PROMPTS_MAX_CHARS = 4000  # Discord's limit for one modal text input
+
+
+class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"svibot:cancel:(?P<job_id>[0-9]+)"):
+    """❌ Cancel: only the job's owner or an admin may press it (checked by the queue)."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(discord.ui.Button(
+            label="Cancel", emoji="\N{CROSS MARK}", style=discord.ButtonStyle.danger,
+            custom_id=CANCEL_ID.format(job_id=job_id)))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> "CancelButton":
+        return cls(int(match["job_id"]))
+
+    async def callback(self, interaction: discord.Interaction["SviClient"]) -> None:
+        await interaction.client.press_cancel(interaction, self.job_id)
+
+
+class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"svibot:reroll:(?P<job_id>[0-9]+)"):
+    """🔁 Re-roll: the same photo and prompts again with a new seed, as a new job of the presser."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(discord.ui.Button(
+            label="Re-roll", emoji="\N{CLOCKWISE RIGHTWARDS AND LEFTWARDS OPEN CIRCLE ARROWS}",
+            style=discord.ButtonStyle.secondary, custom_id=REROLL_ID.format(job_id=job_id)))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> "RerollButton":
+        return cls(int(match["job_id"]))
+
+    async def callback(self, interaction: discord.Interaction["SviClient"]) -> None:
+        await interaction.client.press_reroll(interaction, self.job_id)
+
+
+def status_view(job_id: int, *, active: bool) -> discord.ui.View:
+    """Buttons under a job's status message: Cancel while it runs, Re-roll always."""
+    view = discord.ui.View(timeout=None)
+    if active:
+        view.add_item(CancelButton(job_id))
+    view.add_item(RerollButton(job_id))
+    return view
+
+
+class StoryModal(discord.ui.Modal, title="Make a story"):
+    """Asks for the prompts when a story starts from an image in the channel (context menu)."""
+
+    prompts: discord.ui.TextInput = discord.ui.TextInput(
+        label="Prompts, one per segment, separated by |", style=discord.TextStyle.paragraph,
+        placeholder="walk | run | fly", max_length=PROMPTS_MAX_CHARS)
+
+    def __init__(self, image: discord.Attachment) -> None:
+        super().__init__(timeout=15 * 60)
+        self.image = image
+
+    async def on_submit(self, interaction: discord.Interaction["SviClient"]) -> None:
+        await interaction.client.start_story(interaction, self.prompts.value, self.image, None)
