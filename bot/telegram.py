@@ -1,0 +1,159 @@
+"""The Telegram bot: a photo and "/story a | b | c" in; progress, every segment and the stitched video out.
+
+`run_telegram` is what `svibot serve --telegram` calls; `build_application` wires the handlers.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from datetime import timedelta
+from pathlib import Path
+
+from telegram import BotCommand, Update
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter
+from telegram.warnings import PTBDeprecationWarning
+from telegram.ext import (
+    Application,
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    CommandHandler,
+    MessageHandler,
+    filters,
+)
+
+from storage.config import DataDir
+from storage.models import Job
+from storage.queue import JobQueue
+
+from . import telegram_handlers as h
+from .config import BotConfig, TelegramConfig, install_secret_filter
+from .outbox import Outbox, OutboxConfig, RetryLater, Undeliverable
+
+log = logging.getLogger(__name__)
+
+COMMANDS = [
+    BotCommand("story", "make a video story from a photo: /story a | b | c"),
+    BotCommand("status", "your jobs, queue position and ETA"),
+    BotCommand("cancel", "cancel your job: /cancel [job]"),
+    BotCommand("help", "how to use the bot, limits and queue length"),
+    BotCommand("queue", "the whole queue (admins)"),
+]
+UPLOAD_TIMEOUT_S = 600.0  # a 50 MB upload on a slow Colab uplink takes minutes
+
+
+def _retry_seconds(err: RetryAfter) -> float:
+    with warnings.catch_warnings():  # PTB 22 warns that the int form will become a timedelta
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        retry_after = err.retry_after
+    return retry_after.total_seconds() if isinstance(retry_after, timedelta) else float(retry_after)
+
+
+class TelegramDeliverer:
+    """The outbox's view of Telegram: edit status messages, upload videos, post texts."""
+
+    platform = h.PLATFORM
+
+    def __init__(self, bot, config: TelegramConfig) -> None:
+        self.bot = bot
+        self.config = config
+
+    def upload_limit(self, job: Job) -> int:
+        return self.config.upload_limit_bytes
+
+    async def _call(self, make):
+        """Run one Bot API call, turning Telegram's errors into the outbox's retry/drop signals."""
+        try:
+            return await make()
+        except RetryAfter as err:
+            raise RetryLater(_retry_seconds(err)) from err
+        except Forbidden as err:  # the user blocked the bot or left the chat
+            raise Undeliverable(str(err)) from err
+        except BadRequest as err:
+            if "chat not found" in str(err).lower():
+                raise Undeliverable(str(err)) from err
+            raise
+        except NetworkError as err:  # timeouts and dropped connections: try again shortly
+            raise RetryLater(2.0) from err
+
+    async def show_status(self, job: Job, text: str, *, active: bool) -> str:
+        markup = h.job_buttons(job.id, active=active)
+        if job.status_message_id is not None:
+            try:
+                await self._call(lambda: self.bot.edit_message_text(
+                    text, chat_id=int(job.chat_id), message_id=int(job.status_message_id), reply_markup=markup))
+                return job.status_message_id
+            except BadRequest as err:
+                reason = str(err).lower()
+                if "not modified" in reason:
+                    return job.status_message_id
+                if "not found" not in reason:
+                    raise
+                # The status message was deleted: post a new one below.
+        message = await self._call(lambda: self.bot.send_message(int(job.chat_id), text, reply_markup=markup))
+        return str(message.message_id)
+
+    async def send_video(self, job: Job, path: Path, caption: str) -> str:
+        def upload():
+            return self.bot.send_video(
+                int(job.chat_id), video=path.read_bytes(), filename=path.name, caption=caption,
+                supports_streaming=True, read_timeout=UPLOAD_TIMEOUT_S, write_timeout=UPLOAD_TIMEOUT_S)
+        message = await self._call(upload)
+        return str(message.message_id)
+
+    async def send_text(self, job: Job, text: str) -> str:
+        message = await self._call(lambda: self.bot.send_message(int(job.chat_id), text))
+        return str(message.message_id)
+
+
+def build_application(config: TelegramConfig, bot_config: BotConfig, queue: JobQueue,
+                      data_dir: DataDir) -> Application:
+    """The PTB Application with every handler wired, pointed at `config.api_base_url`."""
+    app = (
+        ApplicationBuilder()
+        .token(config.token)
+        .base_url(config.bot_url)
+        .base_file_url(config.file_url)
+        .get_updates_read_timeout(config.poll_timeout_s + 5.0)
+        .media_write_timeout(UPLOAD_TIMEOUT_S)
+        .job_queue(None)  # scheduling lives in the storage queue, not in PTB
+        .build()
+    )
+    app.bot_data[h.DEPS_KEY] = h.TelegramDeps(
+        config=config, bot_config=bot_config, queue=queue, data_dir=data_dir,
+        photos=h.PhotoMemory(ttl_s=config.photo_memory_s))
+    photo_or_file = filters.PHOTO | filters.Document.ALL
+    story_caption = filters.CaptionRegex(h.STORY_COMMAND.pattern)
+    app.add_handler(CommandHandler(["start", "help"], h.help_command))
+    app.add_handler(CommandHandler("story", h.story_command))
+    app.add_handler(CommandHandler("status", h.status_command))
+    app.add_handler(CommandHandler("cancel", h.cancel_command))
+    app.add_handler(CommandHandler("queue", h.queue_command))
+    app.add_handler(MessageHandler(photo_or_file & story_caption, h.story_from_caption))
+    app.add_handler(MessageHandler(photo_or_file & ~story_caption, h.remember_photo))
+    app.add_handler(CallbackQueryHandler(h.button, pattern=r"^(cancel|reroll):"))
+    app.add_error_handler(h.on_error)
+    return app
+
+
+async def run_telegram(config: TelegramConfig, bot_config: BotConfig, queue: JobQueue, data_dir: DataDir,
+                       stop: asyncio.Event) -> None:
+    """Poll Telegram for updates and deliver the outbox until `stop` is set, then shut down cleanly."""
+    install_secret_filter(config.token)
+    app = build_application(config, bot_config, queue, data_dir)
+    outbox = Outbox(queue, TelegramDeliverer(app.bot, config), OutboxConfig(
+        edit_interval_s=config.edit_interval_s, poll_interval_s=bot_config.poll_interval_s))
+    async with app:  # initialize() checks the token with getMe; shutdown() on exit
+        await app.start()
+        await app.updater.start_polling(
+            timeout=int(config.poll_timeout_s), allowed_updates=["message", "callback_query"])
+        try:
+            await app.bot.set_my_commands(COMMANDS)
+        except NetworkError:  # a cosmetic menu; the bot works without it
+            log.warning("could not set the command menu", exc_info=True)
+        log.info("telegram bot @%s is polling %s", app.bot.username, config.api_base_url)
+        try:
+            await outbox.run(stop)
+        finally:
+            await app.updater.stop()
+            await app.stop()

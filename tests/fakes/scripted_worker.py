@@ -1,0 +1,91 @@
+"""A scripted stand-in for the GPU worker that goes through the real JobQueue worker verbs.
+
+It writes real (tiny, solid-colour) mp4 files, so what the bots upload can be decoded and counted.
+"""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+
+from storage import DataDir, JobQueue
+from storage.models import Job
+from storage.queue import WorkerId
+
+FPS = 16
+
+
+def write_mp4(path: Path, num_frames: int, *, size: tuple[int, int] = (64, 64), shade: int = 0) -> Path:
+    """Write `num_frames` frames of a moving gradient; `shade` makes segments look different."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    width, height = size
+    writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=FPS, macro_block_size=16,
+                                         ffmpeg_log_level="error")
+    writer.send(None)
+    for t in range(num_frames):
+        frame = np.full((height, width, 3), (shade * 40 + t * 8) % 256, dtype=np.uint8)  # (H, W, C)
+        writer.send(frame.tobytes())
+    writer.close()
+    return path
+
+
+def count_frames(path: Path) -> int:
+    frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
+    return frames
+
+
+class ScriptedWorker:
+    """Claim a job, report progress, record each segment, then complete it, step by step."""
+
+    def __init__(self, queue: JobQueue, data_dir: DataDir, *, frames_per_segment: int = 9,
+                 num_steps: int = 2, step_delay_s: float = 0.0) -> None:
+        self.queue = queue
+        self.data_dir = data_dir
+        self.frames_per_segment = frames_per_segment
+        self.num_steps = num_steps
+        self.step_delay_s = step_delay_s
+        self.id = WorkerId.current()
+
+    async def online(self) -> None:
+        await self.queue.worker_seen(self.id, preset="scripted")
+
+    async def claim(self) -> Job:
+        job = await self.queue.claim(self.id)
+        assert job is not None, "nothing to claim"
+        return job
+
+    async def progress(self, job: Job, segment: int) -> None:
+        for step in range(1, self.num_steps + 1):
+            await self.queue.record_progress(job.id, self.id, {
+                "segment": segment, "num_segments": job.num_segments, "step": step,
+                "num_steps": self.num_steps, "eta_s": 5.0 * (job.num_segments - segment)})
+            if self.step_delay_s:
+                await asyncio.sleep(self.step_delay_s)
+
+    async def segment(self, job: Job, index: int) -> Path:
+        path = await asyncio.to_thread(write_mp4, self.data_dir.segment_video(job.id, index),
+                                       self.frames_per_segment, shade=index)
+        await self.queue.record_segment(
+            job.id, self.id, index=index, prompt=job.prompts[index], video_path=path, carry_path=None,
+            num_frames=self.frames_per_segment, duration_s=self.frames_per_segment / FPS, gen_seconds=0.1)
+        return path
+
+    async def complete(self, job: Job) -> Path:
+        total = self.frames_per_segment * job.num_segments
+        path = await asyncio.to_thread(write_mp4, self.data_dir.story_video(job.id), total, shade=7)
+        await self.queue.complete(job.id, self.id, path, {
+            "num_segments": job.num_segments, "duration_s": total / FPS, "num_frames": total})
+        return path
+
+    async def run_segments(self, job: Job, indices: range) -> None:
+        for index in indices:
+            await self.progress(job, index)
+            await self.segment(job, index)
+
+    async def run_job(self) -> Job:
+        job = await self.claim()
+        await self.run_segments(job, range(job.num_segments))
+        await self.complete(job)
+        return job

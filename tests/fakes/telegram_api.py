@@ -1,0 +1,343 @@
+"""A small fake Telegram Bot API server on 127.0.0.1 for driving the real python-telegram-bot stack.
+
+It serves the methods the bot calls, records what it receives, lets a test inject user updates
+(messages, photos, documents, button presses), fake file sizes, and 429 flood errors.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+BOT_USER = {"id": 4242, "is_bot": True, "first_name": "SVI", "username": "svibot_test"}
+TEXT_FIELDS = ("text", "caption")  # never JSON-decode these: a prompt "1" must stay a string
+
+
+@dataclass
+class Sent:
+    """One message the bot posted (sendMessage, sendVideo, sendDocument)."""
+
+    method: str
+    chat_id: int
+    message_id: int
+    text: str | None  # text of a sendMessage, caption of a media message
+    data: bytes | None  # uploaded file content
+    params: dict[str, Any]
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Edit:
+    chat_id: int
+    message_id: int
+    text: str
+    reply_markup: dict[str, Any] | None
+    at: float = field(default_factory=time.monotonic)
+
+
+class FakeTelegram:
+    """Start with `await fake.start()`; point the bot at `fake.base_url` (the server root)."""
+
+    def __init__(self, token: str = "123456:FAKE-token-for-tests", *, upload_limit_bytes: int = 50 * 1024 * 1024,
+                 max_download_bytes: int = 20 * 1024 * 1024) -> None:
+        self.token = token
+        self.upload_limit_bytes = upload_limit_bytes
+        self.max_download_bytes = max_download_bytes
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.sent: list[Sent] = []
+        self.edits: list[Edit] = []
+        self.callback_answers: list[dict[str, Any]] = []
+        self.rejected: list[tuple[str, int]] = []  # (method, http status) of injected or size errors
+        self.messages: dict[tuple[int, int], dict[str, Any]] = {}  # every message, by (chat, id)
+        self._files: dict[str, tuple[bytes, int, str]] = {}  # file_id -> (data, reported size, path)
+        self._updates: list[dict[str, Any]] = []
+        self._update_ids = itertools.count(1)
+        self._message_ids = itertools.count(100)
+        self._file_ids = itertools.count(1)
+        self._failures: dict[str, list[int]] = {}
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    # -- server lifecycle --------------------------------------------------------------------------
+    async def start(self) -> str:
+        app = web.Application(client_max_size=2 * 1024**3)
+        app.router.add_route("*", "/bot{token}/{method}", self._api)
+        app.router.add_get("/file/bot{token}/{path:.*}", self._download)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # ephemeral port chosen by the OS
+        self.base_url = f"http://127.0.0.1:{port}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> "FakeTelegram":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- what a test injects -----------------------------------------------------------------------
+    def add_file(self, data: bytes, *, reported_size: int | None = None, suffix: str = "jpg") -> str:
+        n = next(self._file_ids)
+        file_id = f"file-{n}"
+        self._files[file_id] = (data, len(data) if reported_size is None else reported_size,
+                                f"files/file_{n}.{suffix}")
+        return file_id
+
+    def fail_next(self, method: str, retry_after: int = 1, times: int = 1) -> None:
+        """Answer the next `times` calls of `method` with 429 Too Many Requests."""
+        self._failures.setdefault(method, []).extend([retry_after] * times)
+
+    def user_message(self, chat_id: int, user_id: int, *, text: str | None = None, caption: str | None = None,
+                     photo: bytes | None = None, document: tuple[bytes, str, str] | None = None,
+                     reported_size: int | None = None, reply_to: int | None = None) -> dict[str, Any]:
+        """Queue a message from a user as an update; returns the message. document=(data, mime, name)."""
+        message: dict[str, Any] = {
+            "message_id": next(self._message_ids), "date": int(time.time()),
+            "chat": self._chat(chat_id), "from": self._user(user_id),
+        }
+        if text is not None:
+            message["text"] = text
+            if text.startswith("/"):
+                command = text.split()[0]
+                message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
+        if caption is not None:
+            message["caption"] = caption
+            if caption.startswith("/"):
+                command = caption.split()[0]
+                message["caption_entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
+        if photo is not None:
+            file_id = self.add_file(photo, reported_size=reported_size)
+            size = self._files[file_id][1]
+            # Telegram lists several sizes, smallest first; here the thumbnail is the same file.
+            message["photo"] = [
+                {"file_id": file_id, "file_unique_id": f"u{file_id}", "width": 90, "height": 60, "file_size": size},
+                {"file_id": file_id, "file_unique_id": f"u{file_id}", "width": 960, "height": 640, "file_size": size},
+            ]
+        if document is not None:
+            data, mime, name = document
+            file_id = self.add_file(data, reported_size=reported_size, suffix=name.rsplit(".", 1)[-1])
+            message["document"] = {"file_id": file_id, "file_unique_id": f"u{file_id}", "file_name": name,
+                                   "mime_type": mime, "file_size": self._files[file_id][1]}
+        if reply_to is not None:
+            message["reply_to_message"] = self.messages[(chat_id, reply_to)]
+        self.messages[(chat_id, message["message_id"])] = message
+        self._push({"message": message})
+        return message
+
+    def press_button(self, chat_id: int, user_id: int, message_id: int, data: str) -> str:
+        """A user taps an inline button of a bot message; returns the callback query id."""
+        query_id = f"cbq-{next(self._update_ids)}"
+        self._push({"callback_query": {
+            "id": query_id, "from": self._user(user_id), "chat_instance": f"ci{chat_id}",
+            "message": self.messages[(chat_id, message_id)], "data": data,
+        }})
+        return query_id
+
+    def _push(self, body: dict[str, Any]) -> None:
+        self._updates.append({"update_id": next(self._update_ids), **body})
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # -- what a test reads ---------------------------------------------------------------------------
+    def sent_to(self, chat_id: int, method: str | None = None) -> list[Sent]:
+        return [s for s in self.sent if s.chat_id == chat_id and (method is None or s.method == method)]
+
+    def texts_to(self, chat_id: int) -> list[str]:
+        return [s.text or "" for s in self.sent_to(chat_id, "sendMessage")]
+
+    def current_text(self, chat_id: int, message_id: int) -> str | None:
+        message = self.messages.get((chat_id, message_id))
+        return None if message is None else message.get("text")
+
+    def method_calls(self, method: str) -> list[dict[str, Any]]:
+        return [params for name, params in self.calls if name == method]
+
+    async def wait_for(self, condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+        """Wait until `condition()` is truthy (checked whenever the bot calls the server)."""
+        deadline = time.monotonic() + timeout
+        async with self._changed:
+            while not (result := condition()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out after {timeout} s waiting for {what}; "
+                                         f"calls: {[name for name, _ in self.calls][-30:]}")
+                try:
+                    await asyncio.wait_for(self._changed.wait(), timeout=min(left, 0.5))
+                except asyncio.TimeoutError:
+                    pass
+        return result
+
+    # -- the HTTP side -------------------------------------------------------------------------------
+    @staticmethod
+    def _user(user_id: int) -> dict[str, Any]:
+        return {"id": user_id, "is_bot": False, "first_name": f"user{user_id}"}
+
+    @staticmethod
+    def _chat(chat_id: int) -> dict[str, Any]:
+        return {"id": chat_id, "type": "private" if chat_id > 0 else "group", "title": f"chat{chat_id}"}
+
+    @staticmethod
+    def _ok(result: Any) -> web.Response:
+        return web.json_response({"ok": True, "result": result})
+
+    @staticmethod
+    def _error(status: int, description: str, **parameters: Any) -> web.Response:
+        body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
+        if parameters:
+            body["parameters"] = parameters
+        return web.json_response(body, status=status)
+
+    async def _read_params(self, request: web.Request) -> tuple[dict[str, Any], dict[str, bytes]]:
+        params: dict[str, Any] = dict(request.query)
+        files: dict[str, bytes] = {}
+        if request.content_type == "application/json":
+            params.update(await request.json())
+        elif request.can_read_body:
+            for key, value in (await request.post()).items():
+                if isinstance(value, web.FileField):
+                    files[key] = value.file.read()
+                elif key in TEXT_FIELDS:
+                    params[key] = value
+                else:
+                    try:
+                        params[key] = json.loads(value)
+                    except ValueError:
+                        params[key] = value
+        # Uploads may come as "attach://<name>" pointing at another multipart field.
+        for key, value in list(params.items()):
+            if isinstance(value, str) and value.startswith("attach://"):
+                files[key] = files.pop(value[len("attach://"):])
+        return params, files
+
+    async def _api(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != self.token:
+            return self._error(401, "Unauthorized")
+        method = request.match_info["method"]
+        params, files = await self._read_params(request)
+        self.calls.append((method, params))
+        try:
+            if self._failures.get(method):
+                retry_after = self._failures[method].pop(0)
+                self.rejected.append((method, 429))
+                return self._error(429, f"Too Many Requests: retry after {retry_after}", retry_after=retry_after)
+            handler = getattr(self, f"_m_{method}", None)
+            if handler is None:
+                return self._error(404, f"Not Found: method {method} not found")
+            return await handler(params, files)
+        finally:
+            await self._notify()
+
+    async def _download(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != self.token:
+            return web.Response(status=401)
+        for data, _, path in self._files.values():
+            if path == request.match_info["path"]:
+                return web.Response(body=data)
+        return web.Response(status=404)
+
+    # -- Bot API methods ---------------------------------------------------------------------------
+    async def _m_getMe(self, params: dict, files: dict) -> web.Response:
+        return self._ok(BOT_USER)
+
+    async def _m_deleteWebhook(self, params: dict, files: dict) -> web.Response:
+        return self._ok(True)
+
+    async def _m_setMyCommands(self, params: dict, files: dict) -> web.Response:
+        return self._ok(True)
+
+    async def _m_close(self, params: dict, files: dict) -> web.Response:
+        return self._ok(True)
+
+    async def _m_getUpdates(self, params: dict, files: dict) -> web.Response:
+        offset = int(params.get("offset") or 0)
+        limit = int(params.get("limit") or 100)
+        deadline = time.monotonic() + float(params.get("timeout") or 0)
+        while True:
+            ready = [u for u in self._updates if u["update_id"] >= offset][:limit]
+            left = deadline - time.monotonic()
+            if ready or left <= 0:
+                return self._ok(ready)
+            async with self._changed:
+                try:
+                    await asyncio.wait_for(self._changed.wait(), timeout=min(left, 0.2))
+                except asyncio.TimeoutError:
+                    pass
+
+    async def _m_getFile(self, params: dict, files: dict) -> web.Response:
+        file_id = str(params.get("file_id"))
+        if file_id not in self._files:
+            return self._error(400, "Bad Request: invalid file_id")
+        _, size, path = self._files[file_id]
+        if size > self.max_download_bytes:
+            return self._error(400, "Bad Request: file is too big")
+        return self._ok({"file_id": file_id, "file_unique_id": f"u{file_id}", "file_size": size, "file_path": path})
+
+    def _bot_message(self, chat_id: int, **content: Any) -> dict[str, Any]:
+        message = {"message_id": next(self._message_ids), "date": int(time.time()),
+                   "chat": self._chat(chat_id), "from": BOT_USER,
+                   **{k: v for k, v in content.items() if v is not None}}
+        self.messages[(chat_id, message["message_id"])] = message
+        return message
+
+    async def _m_sendMessage(self, params: dict, files: dict) -> web.Response:
+        chat_id = int(params["chat_id"])
+        message = self._bot_message(chat_id, text=params["text"], reply_markup=params.get("reply_markup"))
+        self.sent.append(Sent("sendMessage", chat_id, message["message_id"], params["text"], None, params))
+        return self._ok(message)
+
+    async def _m_editMessageText(self, params: dict, files: dict) -> web.Response:
+        chat_id, message_id = int(params["chat_id"]), int(params["message_id"])
+        message = self.messages.get((chat_id, message_id))
+        if message is None:
+            return self._error(400, "Bad Request: message to edit not found")
+        markup = params.get("reply_markup")
+        if message.get("text") == params["text"] and message.get("reply_markup") == markup:
+            return self._error(400, "Bad Request: message is not modified: specified new message content "
+                                    "and reply markup are exactly the same as a current content")
+        message["text"] = params["text"]
+        message["reply_markup"] = markup
+        self.edits.append(Edit(chat_id, message_id, params["text"], markup))
+        return self._ok(message)
+
+    async def _send_media(self, method: str, kind: str, params: dict, files: dict) -> web.Response:
+        chat_id = int(params["chat_id"])
+        data = files.get(kind)
+        if data is not None and len(data) > self.upload_limit_bytes:
+            self.rejected.append((method, 413))
+            return self._error(413, "Request Entity Too Large")
+        file_id = self.add_file(data or b"", suffix="mp4")
+        media = {"file_id": file_id, "file_unique_id": f"u{file_id}"}
+        if kind == "video":
+            media.update(width=64, height=64, duration=1)
+        else:
+            media.update(file_name=params.get("filename", "file"))
+        message = self._bot_message(chat_id, caption=params.get("caption"), **{kind: media})
+        self.sent.append(Sent(method, chat_id, message["message_id"], params.get("caption"), data, params))
+        return self._ok(message)
+
+    async def _m_sendVideo(self, params: dict, files: dict) -> web.Response:
+        return await self._send_media("sendVideo", "video", params, files)
+
+    async def _m_sendDocument(self, params: dict, files: dict) -> web.Response:
+        return await self._send_media("sendDocument", "document", params, files)
+
+    async def _m_answerCallbackQuery(self, params: dict, files: dict) -> web.Response:
+        self.callback_answers.append(params)
+        return self._ok(True)
