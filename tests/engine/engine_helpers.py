@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+from gguf import GGMLQuantizationType as Q
 from PIL import Image
+
+from engine.gguf_writer import diffusers_to_wan_keys, write_wan_gguf
+from engine.tiny import TINY_TRANSFORMER, build_tiny_transformer
 
 PROMPTS = ["a man walks", "a man runs", "a man flies up"]
 
@@ -57,3 +63,27 @@ def record_story(models, photo, prompts, settings, **kwargs) -> Recording:
         for h in handles:
             h.remove()
     return rec
+
+
+# Widths of 256 so every block linear can hold K-quant super-blocks of 256 values.
+GGUF_TRANSFORMER = dict(TINY_TRANSFORMER, num_attention_heads=2, attention_head_dim=128, ffn_dim=256, text_dim=256)
+
+
+def qtype_for(name: str, shape: tuple) -> Q:
+    """A Q4_K_M-like mix: Q4_K attention, Q6_K feed-forward, Q8_0 cross-attention, F16/F32 for the rest."""
+    if len(shape) == 2 and shape[-1] % 256 == 0 and name.startswith("blocks."):
+        if ".ffn." in name:
+            return Q.Q6_K
+        return Q.Q4_K if ".self_attn." in name else Q.Q8_0
+    return Q.F16 if len(shape) >= 2 else Q.F32
+
+
+def write_tiny_gguf_expert(root: Path):
+    """A tiny Wan-2.2-shaped expert as GGUF with Wan key names: (gguf path, config dir, source model)."""
+    source = build_tiny_transformer(7, **GGUF_TRANSFORMER)
+    path = write_wan_gguf(root / "expert.gguf", diffusers_to_wan_keys(source.state_dict()), qtype_for)
+    config = {"_class_name": "WanTransformer3DModel",
+              **{k: list(v) if isinstance(v, tuple) else v for k, v in GGUF_TRANSFORMER.items()}}
+    (root / "configs" / "transformer").mkdir(parents=True)
+    (root / "configs" / "transformer" / "config.json").write_text(json.dumps(config))
+    return path, root / "configs", source
