@@ -45,6 +45,9 @@ def to_diffusers_format(state_dict: Mapping[str, torch.Tensor], source: str = "L
         raise LoraMismatch(f"{source} holds no tensors")
     if all(k.startswith(f"{PREFIX}.") for k in state_dict):
         return state_dict
+    if any(k.endswith(".alpha") for k in state_dict):
+        # diffusers folds alpha into the tensors in place; keep the caller's tensors intact
+        state_dict = {k: v.clone() for k, v in state_dict.items()}
     try:
         if any(k.startswith("lora_unet_") for k in state_dict):
             return _convert_musubi_wan_lora_to_diffusers(state_dict)

@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from gguf import GGMLQuantizationType as Q
+from gguf import GGUFReader
+from gguf.quants import dequantize
 from PIL import Image
 
 from engine.gguf_writer import diffusers_to_wan_keys, write_wan_gguf
@@ -87,3 +90,17 @@ def write_tiny_gguf_expert(root: Path):
     (root / "configs" / "transformer").mkdir(parents=True)
     (root / "configs" / "transformer" / "config.json").write_text(json.dumps(config))
     return path, root / "configs", source
+
+
+def dequantized_reference(path) -> torch.nn.Module:
+    """The same architecture holding exactly the values the GGUF file decodes to."""
+    reader = GGUFReader(str(path))
+    wan = {}
+    for t in reader.tensors:
+        shape = tuple(int(s) for s in reversed(t.shape))
+        wan[t.name] = torch.from_numpy(np.array(dequantize(t.data, t.tensor_type), np.float32).reshape(shape))
+    model = build_tiny_transformer(0, **GGUF_TRANSFORMER)
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    model.load_state_dict(convert_wan_transformer_to_diffusers(wan))
+    return model

@@ -14,7 +14,7 @@ from engine.gguf_writer import ENCODERS, diffusers_to_wan_keys, quantize
 from engine.loading import load_expert_gguf
 from engine.presets import wan22_config_dir
 from engine.tiny import build_tiny_transformer
-from engine_helpers import GGUF_TRANSFORMER, write_tiny_gguf_expert
+from engine_helpers import GGUF_TRANSFORMER, dequantized_reference, write_tiny_gguf_expert
 
 # Worst-case relative RMS error of each format on Gaussian data (a 4-bit grid over ~4 sigma is ~8%).
 RMS_TOLERANCE = {Q.Q4_K: 0.10, Q.Q6_K: 0.03, Q.Q8_0: 0.01}
@@ -62,18 +62,6 @@ def test_wan_key_names_round_trip_through_the_diffusers_converter():
 @pytest.fixture(scope="module")
 def gguf_expert(tmp_path_factory):
     return write_tiny_gguf_expert(tmp_path_factory.mktemp("gguf"))
-
-
-def dequantized_reference(path) -> torch.nn.Module:
-    """The same architecture holding exactly the values the GGUF file decodes to."""
-    reader = GGUFReader(str(path))
-    wan = {}
-    for t in reader.tensors:
-        shape = tuple(int(s) for s in reversed(t.shape))
-        wan[t.name] = torch.from_numpy(np.array(dequantize(t.data, t.tensor_type), np.float32).reshape(shape))
-    model = build_tiny_transformer(0, **GGUF_TRANSFORMER)
-    model.load_state_dict(convert_wan_transformer_to_diffusers(wan))
-    return model
 
 
 def test_file_holds_f16_q8_0_q4_k_and_q6_k_under_wan_names(gguf_expert):
