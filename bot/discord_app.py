@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 NO_IMAGE = "Attach a photo to the command: /story prompts:walk | run | fly image:<your photo>"
 NO_IMAGE_IN_MESSAGE = "That message has no image attached; use this on a message with a photo."
 CONTEXT_MENU_NAME = "Make a story from this image"
+SHUTDOWN_GRACE_S = 60.0  # an upload in flight may take this long on a slow link
 
 
 class SviClient(discord.Client):
@@ -233,6 +234,12 @@ async def run_discord(config: DiscordConfig, bot_config: BotConfig, queue: JobQu
         stop_task = asyncio.create_task(stop.wait())
         await asyncio.wait({client_task, outbox_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         stop.set()
+        # Let the outbox finish the event in flight before the HTTP session goes away, or an
+        # upload that Discord accepted would be sent again after the restart.
+        try:
+            await asyncio.wait_for(asyncio.shield(outbox_task), SHUTDOWN_GRACE_S)
+        except (asyncio.TimeoutError, Exception):
+            outbox_task.cancel()
         await client.close()
         results = await asyncio.gather(client_task, outbox_task, stop_task, return_exceptions=True)
     for result in results:

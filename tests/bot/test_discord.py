@@ -114,7 +114,8 @@ def decoded_frames(data: bytes, tmp_path: Path) -> int:
 
 
 async def scripted_worker(queue: JobQueue, data_dir: DataDir, *, num_steps: int = 2, frames: int = 8,
-                          size: tuple[int, int] = (64, 48), noise: bool = False, quality: float = 5) -> int:
+                          size: tuple[int, int] = (64, 48), noise: bool = False, quality: float = 5,
+                          step_delay: float = 0.0) -> int:
     """Run the oldest queued job like the GPU worker would: progress, segments, the story. Returns its id."""
     worker = WorkerId.current()
     await queue.worker_seen(worker, "scripted")
@@ -125,6 +126,7 @@ async def scripted_worker(queue: JobQueue, data_dir: DataDir, *, num_steps: int 
             await queue.record_progress(job.id, worker, {
                 "segment": index, "num_segments": job.num_segments, "step": step, "num_steps": num_steps,
                 "eta_s": 5.0})
+            await asyncio.sleep(step_delay)  # like a real denoising step, so progress edits get shown
         video = write_mp4(data_dir.segment_video(job.id, index), frames, size, noise=noise, quality=quality)
         await queue.record_segment(job.id, worker, index=index, prompt=prompt, video_path=video, carry_path=None,
                                    num_frames=frames, duration_s=frames / 8, gen_seconds=0.1)
@@ -188,7 +190,7 @@ async def test_story_happy_path(fake, queue, data_dir, bot_config, tmp_path):
         assert job.status_message_id == str(status.id)
         assert job.meta["filesize_limit"] == fake.upload_limit and job.user_id == str(OWNER)
 
-        await scripted_worker(queue, data_dir)
+        await scripted_worker(queue, data_dir, step_delay=0.3)
         await fake.wait_for(lambda: len([m for m in fake.channel_messages() if m.uploads]) == 4
                             and status.content.startswith("Job #1: done"))
 
@@ -197,7 +199,8 @@ async def test_story_happy_path(fake, queue, data_dir, bot_config, tmp_path):
                                            "Your story (3 segments, 3 s)"]
     assert [decoded_frames(m.uploads[0].data, tmp_path) for m in videos] == [8, 8, 8, 24]
     assert all(m.uploads[0].spoiler for m in videos)  # the channel is not age-restricted
-    assert any("generating" in (e.get("content") or "") for e in status.edits)
+    shown = [e["content"] for e in status.edits if "generating" in (e.get("content") or "")]
+    assert shown and "segment 1/3, step 1/2" in shown[0]
     assert custom_ids(status) == ["svibot:reroll:1"]  # Cancel is gone once the job is done
     assert not fake.followups_for(interaction)[0].uploads  # nothing went through the webhook
     assert fake.rejected_uploads == []
@@ -227,7 +230,7 @@ async def test_status_edit_waits_out_a_429(fake, queue, data_dir, bot_config):
         fake.rate_limit("PATCH", r"/channels/\d+/messages/\d+", retry_after=0.3)
         await scripted_worker(queue, data_dir)
         await fake.wait_for(lambda: status_message(fake, 1).content.startswith("Job #1: done"))
-    patches = [s for m, p, s in fake.requests if m == "PATCH"]
+    patches = [s for m, p, s in fake.requests if m == "PATCH" and p.startswith("/channels/")]
     assert patches[0] == 429 and 200 in patches[1:]
 
 
@@ -255,7 +258,7 @@ async def test_bad_input_gets_a_specific_reply_and_queues_nothing(fake, queue, d
 
 
 async def test_oversize_segment_is_reencoded_to_fit(fake, queue, data_dir, bot_config, tmp_path):
-    fake.upload_limit = 60_000
+    fake.upload_limit = 120_000  # the 2 s segment and the 4 s story are ~0.5 and ~1 MB as written
     async with running_bot(fake, queue, data_dir, bot_config):
         await reply_of(fake, await send_story(fake, "walk", image=photo_bytes()))
         await scripted_worker(queue, data_dir, frames=16, size=(160, 128), noise=True, quality=10)

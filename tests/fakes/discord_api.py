@@ -261,7 +261,9 @@ class FakeDiscord:
                 del self._rate_limits[i]
                 return _json(
                     {"message": "You are being rate limited.", "retry_after": retry_after, "global": False},
-                    status=429, headers={"Retry-After": str(retry_after), "X-RateLimit-Scope": "user"})
+                    status=429, headers={"Retry-After": str(retry_after), "X-RateLimit-Scope": "user",
+                             # without a Via header discord.py takes a 429 for a Cloudflare ban
+                             "Via": "1.1 google"})
         is_webhook = path.startswith("/interactions/") or path.startswith("/webhooks/")
         if not is_webhook and request.headers.get("Authorization") != f"Bot {self.token}":
             return _json({"message": "401: Unauthorized", "code": 0}, status=401)
