@@ -137,8 +137,7 @@ async def cmd_worker(cfg: AppConfig, args: argparse.Namespace) -> int:
 
 async def cmd_serve(cfg: AppConfig, args: argparse.Namespace) -> int:
     """Bots and (unless --no-worker) the worker in one process, around one queue."""
-    from bot.config import BotConfig, DiscordConfig, TelegramConfig
-    from bot.logging import redact_secrets
+    from bot.config import BotConfig, DiscordConfig, TelegramConfig, install_secret_filter
 
     from .worker import Worker
 
@@ -154,7 +153,8 @@ async def cmd_serve(cfg: AppConfig, args: argparse.Namespace) -> int:
     if args.discord:
         from bot.discord_app import run_discord
         platforms.append((run_discord, DiscordConfig.from_env(env)))
-    redact_secrets([p[1].token for p in platforms])
+    for _, conf in platforms:
+        install_secret_filter(conf.token)
     stop, interrupted = asyncio.Event(), []
     _stop_on_signals(stop, interrupted)
     if args.snapshot_to:
@@ -179,15 +179,27 @@ async def cmd_serve(cfg: AppConfig, args: argparse.Namespace) -> int:
 
 
 async def cmd_download(cfg: AppConfig, args: argparse.Namespace) -> int:
-    from .download import describe_download, download_preset
+    import shutil
+
+    from .download import download_preset
     from .presets import get_preset
 
     preset = get_preset(cfg.engine.preset)
-    print(describe_download(preset, cfg.engine, cfg.data_dir.models), file=sys.stderr)
-    if args.dry_run or preset.files is None:
+    if preset.files is None:
+        print(f"preset {preset.label} is built in code; nothing to download", file=sys.stderr)
+        return EXIT_OK
+    files = preset.files.with_overrides(cfg.engine.file_overrides)
+    cfg.data_dir.models.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(cfg.data_dir.models).free
+    print(f"preset {preset.name}: {preset.total_bytes / 1e9:.1f} GB in all; {free / 1e9:.1f} GB free under "
+          f"{cfg.data_dir.models}", file=sys.stderr)
+    for part, repo, target in files.items():
+        print(f"  {part:<14} {preset.sizes.get(part, 0) / 1e9:6.2f} GB  {repo}/{target}", file=sys.stderr)
+    if args.dry_run:
         return EXIT_OK
     paths = await asyncio.to_thread(download_preset, preset, cfg.data_dir.models,
-                                    overrides=cfg.engine.file_overrides, token=os.environ.get("HF_TOKEN") or None)
+                                    file_overrides=cfg.engine.file_overrides,
+                                    token=os.environ.get("HF_TOKEN") or None)
     for part, path in paths.items():
         print(f"{part}: {path}")
     return EXIT_OK

@@ -21,6 +21,9 @@ class ModelFileMissing(EngineError, FileNotFoundError):
         self.repo = repo
         self.filename = filename
 
+    def __str__(self) -> str:  # OSError's own __str__ would print "[Errno None] None: <filename>"
+        return str(self.args[0])
+
 
 class InsufficientDisk(EngineError, OSError):
     """Not enough free disk for a preset's files; raised before any download starts."""
