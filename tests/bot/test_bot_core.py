@@ -1,0 +1,162 @@
+"""The shared bot parts: config from the environment, the secret filter, access rules, texts, media."""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+
+from bot import access, intake, media, texts
+from bot.config import (
+    REDACTED,
+    BotConfig,
+    DiscordConfig,
+    SecretFilter,
+    TelegramConfig,
+    install_secret_filter,
+    remove_secret_filter,
+)
+from storage import Limits, NewJob
+from tests.fakes.scripted_worker import count_frames
+
+from .conftest import png_bytes
+
+
+# -- config ---------------------------------------------------------------------------------------
+def test_bot_config_from_env_reads_lists_and_limits():
+    cfg = BotConfig.from_env({"SVIBOT_ALLOWED_USERS": "1, 2,,", "SVIBOT_ADMINS": "9", "SVIBOT_MAX_ACTIVE_JOBS": "2",
+                              "SVIBOT_STORIES_PER_DAY": "5", "SVIBOT_MAX_SEGMENTS": "4"})
+    assert cfg.allowed_users == {"1", "2"} and cfg.allowed_chats == frozenset() and cfg.admins == {"9"}
+    assert (cfg.max_active_jobs, cfg.stories_per_day, cfg.limits.max_segments) == (2, 5, 4)
+    with pytest.raises(ValueError, match="SVIBOT_MAX_ACTIVE_JOBS must be a whole number, not 'many'"):
+        BotConfig.from_env({"SVIBOT_MAX_ACTIVE_JOBS": "many"})
+    with pytest.raises(ValueError, match="SVIBOT_MAX_SEGMENTS is 0; it must be at least 1"):
+        BotConfig.from_env({"SVIBOT_MAX_SEGMENTS": "0"})
+
+
+def test_telegram_config_derives_urls_and_caps_uploads_by_server():
+    cloud = TelegramConfig.from_env({"TELEGRAM_BOT_TOKEN": "1:abc"})
+    assert (cloud.bot_url, cloud.file_url) == ("https://api.telegram.org/bot", "https://api.telegram.org/file/bot")
+    assert cloud.upload_limit_bytes == 50 * 1024 * 1024 and "1:abc" not in repr(cloud)
+    local = TelegramConfig.from_env({"TELEGRAM_BOT_TOKEN": "1:abc", "TELEGRAM_API_BASE_URL": "http://localhost:8081/",
+                                     "SVIBOT_TELEGRAM_UPLOAD_LIMIT_MB": "2000"})
+    assert local.bot_url == "http://localhost:8081/bot" and local.upload_limit_mb == 2000
+    with pytest.raises(ValueError, match="SVIBOT_TELEGRAM_UPLOAD_LIMIT_MB is 2000; it must be at least 1 and at most 50"):
+        TelegramConfig.from_env({"TELEGRAM_BOT_TOKEN": "1:abc", "SVIBOT_TELEGRAM_UPLOAD_LIMIT_MB": "2000"})
+    with pytest.raises(ValueError, match="TELEGRAM_BOT_TOKEN is empty"):
+        TelegramConfig.from_env({})
+
+
+def test_discord_config_from_env():
+    cfg = DiscordConfig.from_env({"DISCORD_BOT_TOKEN": "t", "DISCORD_GUILD_ID": "123", "SVIBOT_DISCORD_SPOILER": "Never"})
+    assert (cfg.guild_id, cfg.spoiler, cfg.edit_interval_s) == (123, "never", 2.0)
+    with pytest.raises(ValueError, match="SVIBOT_DISCORD_SPOILER is 'maybe'"):
+        DiscordConfig.from_env({"DISCORD_BOT_TOKEN": "t", "SVIBOT_DISCORD_SPOILER": "maybe"})
+    with pytest.raises(ValueError, match="DISCORD_GUILD_ID must be a numeric id, not 'abc'"):
+        DiscordConfig.from_env({"DISCORD_BOT_TOKEN": "t", "DISCORD_GUILD_ID": "abc"})
+
+
+def test_secret_filter_redacts_messages_args_and_tracebacks(caplog):
+    secret = "999:SECRET-test-token"
+    caplog.set_level(logging.INFO)
+    install_secret_filter(secret)
+    install_secret_filter(secret)  # idempotent
+    try:
+        assert sum(isinstance(f, SecretFilter) for f in logging.getLogger("httpx").filters) == 1
+        logging.getLogger("httpx").info("HTTP Request: POST %s", f"https://api.telegram.org/bot{secret}/getMe")
+        try:
+            raise ConnectionError(f"cannot reach https://api.telegram.org/bot{secret}/sendVideo")
+        except ConnectionError:
+            logging.getLogger("telegram.ext.Updater").exception("polling failed")  # a child logger
+        assert secret not in caplog.text
+        assert caplog.text.count(REDACTED) == 2
+    finally:
+        remove_secret_filter(secret)
+    assert not any(isinstance(f, SecretFilter) for f in logging.getLogger("httpx").filters)
+
+
+# -- access ---------------------------------------------------------------------------------------
+def test_allowlists_and_admins():
+    cfg = BotConfig(allowed_users=frozenset({"1"}), allowed_chats=frozenset({"-5"}), admins=frozenset({"9"}))
+    access.check_allowed(cfg, "1", "-5")
+    access.check_allowed(cfg, 9, "-777")  # admins are always allowed
+    with pytest.raises(access.NotAuthorized, match="private"):
+        access.check_allowed(cfg, "2", "-5")
+    with pytest.raises(access.NotAuthorized, match="not enabled in this chat"):
+        access.check_allowed(cfg, "1", "-6")
+    access.check_allowed(cfg, "1", ["-6", "-5"])  # e.g. a channel in an allowed guild
+    with pytest.raises(access.AdminsOnly):
+        access.check_admin(cfg, "1")
+
+
+def test_day_start_is_midnight_utc():
+    now = datetime(2026, 3, 4, 17, 30, tzinfo=timezone.utc).timestamp()
+    assert access.day_start(now) == datetime(2026, 3, 4, tzinfo=timezone.utc).timestamp()
+
+
+async def test_limits_name_the_rule_and_the_reset(queue):
+    cfg = BotConfig(max_active_jobs=1, stories_per_day=2, admins=frozenset({"9"}))
+    job = await queue.enqueue(NewJob(platform="telegram", chat_id="1", user_id="1", photo=png_bytes(),
+                                     prompts=["a"]), Limits())
+    with pytest.raises(access.ActiveJobLimit, match=r"1 active job\(s\) \(#1\); the limit is 1 per user"):
+        await access.check_limits(cfg, queue, "telegram", "1")
+    await access.check_limits(cfg, queue, "discord", "1")  # limits are per platform account
+    await access.check_limits(cfg, queue, "telegram", "9")  # admins are not limited
+    await queue.cancel(job.id)
+    await queue.enqueue(NewJob(platform="telegram", chat_id="1", user_id="1", photo=png_bytes(), prompts=["b"]),
+                        Limits())
+    await queue.cancel(2)
+    with pytest.raises(access.DailyLimit, match="limit is 2 per day. It resets at 00:00 UTC") as err:
+        await access.check_limits(cfg, queue, "telegram", "1")
+    assert err.value.resets_at == access.day_start(err.value.resets_at - 1) + 86400
+
+
+async def test_start_story_checks_before_queueing_and_sets_a_seed(queue):
+    cfg = BotConfig(limits=Limits(max_segments=2))
+    request = intake.StoryRequest(platform="telegram", chat_id="1", user_id="1", text="a | b | c", photo=png_bytes())
+    with pytest.raises(Exception, match="3 segments; the limit is 2"):
+        await intake.start_story(queue, cfg, request)
+    queued = await intake.start_story(queue, cfg, intake.StoryRequest(
+        platform="telegram", chat_id="1", user_id="1", text=" a |b ", photo=png_bytes(), seed=77))
+    assert queued.job.prompts == ["a", "b"] and queued.job.settings == {"seed": 77}
+    assert queued.position == 1 and queued.workers_online == 0
+    assert queued.text.startswith("Queued: job #1, position 1, ETA unknown")
+    assert len(await queue.list_jobs()) == 1
+
+
+# -- texts ----------------------------------------------------------------------------------------
+def test_texts_carry_the_numbers_users_need():
+    assert texts.segment_caption(0, 3, "walk") == "Segment 1/3: walk"
+    assert texts.story_caption(3, 15.2) == "Your story (3 segments, 15 s)"
+    assert texts.queued_text(4, 2, 300, 1) == "Queued: job #4, position 2, ETA ~5 min"
+    progress = texts.progress_text(4, 1, 2, 5, 10)
+    assert "segment 2/2, step 5/10" in progress and "[########--] 75%" in progress
+    assert "use only photos you have the right to use" in texts.help_text(
+        Limits(), queue_length=0, workers_online=0).lower()
+
+
+# -- media ----------------------------------------------------------------------------------------
+def _noisy_mp4(path: Path, num_frames: int = 32) -> Path:
+    """Random noise compresses badly, so even a short clip is big enough to need re-encoding."""
+    writer = imageio_ffmpeg.write_frames(str(path), (128, 128), fps=16, quality=10, ffmpeg_log_level="error")
+    writer.send(None)
+    rng = np.random.default_rng(0)
+    for _ in range(num_frames):
+        writer.send(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8).tobytes())  # (H, W, C)
+    writer.close()
+    return path
+
+
+async def test_fit_video_reencodes_under_the_limit_or_gives_up(tmp_path):
+    src = _noisy_mp4(tmp_path / "big.mp4")
+    size = src.stat().st_size
+    assert await media.fit_video(src, size) == src  # already fits: untouched
+    fitted = await media.fit_video(src, size // 2)
+    assert fitted is not None and fitted != src and fitted.stat().st_size <= size // 2
+    assert count_frames(fitted) == 32
+    assert await media.fit_video(src, 2_000) is None  # would need < MIN_KBPS
+    with pytest.raises(ValueError, match="duration_s is 0"):
+        media.target_kbps(1000, 0)
