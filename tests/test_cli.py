@@ -1,0 +1,84 @@
+"""`svibot jobs`, `--help` and config building through the real entry point."""
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.appconfig import build_config
+from engine.cli import build_parser, main
+from storage import DataDir, JobQueue, Limits, NewJob, QueueConfig, WorkerId
+from storage.errors import BadSetting
+
+PHOTO = Path(__file__).resolve().parents[1] / "examples" / "chelsea.jpg"
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("story", "worker", "serve", "download", "jobs"):
+        assert command in out
+
+
+async def _seed(root: Path) -> list[int]:
+    data = DataDir(root)
+    q = await JobQueue.open(QueueConfig(db_path=data.db_path), data.photos)
+    photo = PHOTO.read_bytes()
+    a = await q.enqueue(NewJob("telegram", "c", "u", photo, ["walk", "run 🐈"], {"seed": 1}), Limits())
+    b = await q.enqueue(NewJob("cli", "c", "u", photo, ["fly"], {"seed": 2}), Limits())
+    w = WorkerId.current()
+    await q.claim(w)
+    await q.record_segment(a.id, w, index=0, prompt="walk", video_path=root / "a0.mp4", carry_path=root / "a0.pt",
+                           num_frames=81, duration_s=5.06, gen_seconds=30.0)
+    await q.close()
+    return [a.id, b.id]
+
+
+def test_jobs_list_show_cancel_json(tmp_path, capsys):
+    root = tmp_path / "data"
+    a, b = asyncio.run(_seed(root))
+    assert main(["--data-dir", str(root), "jobs", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["id"]: r["state"] for r in rows} == {a: "running", b: "queued"}
+    assert main(["--data-dir", str(root), "jobs", "show", str(a), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["prompts"] == ["walk", "run 🐈"] and shown["attempts"] == 0 and shown["error"] is None
+    assert shown["segments"] == [{"index": 0, "video_path": str(root / "a0.mp4"), "carry_path": str(root / "a0.pt"),
+                                  "num_frames": 81, "duration_s": 5.06, "gen_seconds": 30.0}]
+    assert main(["--data-dir", str(root), "jobs", "cancel", str(b)]) == 0
+    assert "cancelled" in capsys.readouterr().out
+    assert main(["--data-dir", str(root), "jobs", "list"]) == 0
+    text = capsys.readouterr().out
+    assert f"#{b:<5} cancelled" in text and "1/2 segments" in text
+
+
+def test_jobs_on_fresh_data_dir_and_bad_db(tmp_path, capsys):
+    assert main(["--data-dir", str(tmp_path / "new"), "jobs", "list"]) == 0
+    assert "no jobs" in capsys.readouterr().out
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "queue.sqlite3").write_text("not a database at all")
+    assert main(["--data-dir", str(bad), "jobs", "list"]) == 1
+    assert "not an SQLite database" in capsys.readouterr().err
+    assert (bad / "queue.sqlite3").read_text() == "not a database at all"
+    assert main(["--data-dir", str(tmp_path / "new"), "jobs", "show"]) == 2
+
+
+def test_config_flags_win_over_env(tmp_path):
+    args = build_parser().parse_args(["--data-dir", str(tmp_path), "worker", "--preset", "tiny",
+                                      "--vram-budget", "15", "--model-file", "high_repo=me/wan"])
+    env = {"SVIBOT_PRESET": "q8_0", "SVIBOT_VRAM_BUDGET": "7", "SVIBOT_RAM_BUDGET": "11",
+           "SVIBOT_MAX_SEGMENTS": "4", "SVIBOT_MODEL_FILES": "low_repo=you/wan"}
+    cfg = build_config(args, env)
+    assert cfg.engine.preset == "tiny" and cfg.engine.vram_budget_gib == 15.0 and cfg.engine.ram_budget_gib == 11.0
+    assert cfg.limits.max_segments == 4
+    assert dict(cfg.engine.file_overrides) == {"low_repo": "you/wan", "high_repo": "me/wan"}
+    assert cfg.data_dir.db_path == tmp_path / "queue.sqlite3"
+    with pytest.raises(BadSetting, match="SVIBOT_MAX_SEGMENTS must be an integer but is 'ten'"):
+        build_config(args, {"SVIBOT_MAX_SEGMENTS": "ten"})
+    with pytest.raises(BadSetting, match="KEY=VALUE"):
+        build_config(build_parser().parse_args(["worker", "--model-file", "oops"]), {})
