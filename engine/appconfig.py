@@ -29,7 +29,8 @@ def _number(env: Mapping[str, str], name: str, kind: type, default):
     try:
         return kind(raw)
     except ValueError:
-        raise BadSetting(f"{name} must be {"an integer" if kind is int else "a number"} but is {raw!r}") from None
+        what = "an integer" if kind is int else "a number"
+        raise BadSetting(f"{name} must be {what} but is {raw!r}") from None
 
 
 def _file_overrides(items: list[str]) -> tuple[tuple[str, str], ...]:
