@@ -92,7 +92,8 @@ class DiscordDeliverer:
             # The channel's limit shrank since the job was queued (e.g. the guild lost boosts).
             size = Path(path).stat().st_size
             log.warning("job #%d: %s (%d bytes) refused with 413", job.id, path, size)
-            return await self.send_text(job, caption + "\n" + texts.too_big_text("This video", size, self.upload_limit(job)))
+            refusal = texts.too_big_text("This video", size, self.upload_limit(job))
+            return await self.send_text(job, caption + "\n" + refusal)
         return str(message.id)
 
     async def send_text(self, job: Job, text: str) -> str:

@@ -22,6 +22,7 @@ from PIL import Image
 
 from bot.config import BotConfig, DiscordConfig, remove_secret_filter
 from bot.discord_app import NO_IMAGE, run_discord
+from bot.discord_delivery import spoiler_for
 from storage.config import DataDir, QueueConfig
 from storage.queue import JobQueue, WorkerId
 from tests.fakes.discord_api import FakeDiscord
@@ -62,7 +63,7 @@ def bot_config() -> BotConfig:
 
 
 def discord_config(**changes) -> DiscordConfig:
-    return DiscordConfig(token=TOKEN, guild_id=None, edit_interval_s=0.2, **changes)
+    return DiscordConfig(**{"token": TOKEN, "guild_id": None, "edit_interval_s": 0.2, **changes})
 
 
 @asynccontextmanager
@@ -320,3 +321,36 @@ async def test_token_never_reaches_the_logs(fake, queue, data_dir, bot_config, c
     text = caplog.text + "".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
     assert "request failed for token" in text and "bad auth" in text
     assert TOKEN not in text
+
+
+async def test_status_edits_respect_the_edit_interval(fake, queue, data_dir, bot_config):
+    async with running_bot(fake, queue, data_dir, bot_config, discord_config(edit_interval_s=0.5)):
+        await reply_of(fake, await send_story(fake, "walk | run", image=photo_bytes()))
+        await fake.wait_for(lambda: status_message(fake, 1) is not None)
+        await scripted_worker(queue, data_dir, num_steps=4, step_delay=0.1)
+        await fake.wait_for(lambda: status_message(fake, 1).content.startswith("Job #1: done"))
+    edits = [t for (m, p, _), t in zip(fake.requests, fake.request_times) if m == "PATCH" and p.startswith("/channels/")]
+    assert len(edits) >= 3
+    assert min(b - a for a, b in zip(edits, edits[1:])) >= 0.45
+
+
+async def test_commands_sync_to_the_test_guild_when_one_is_set(fake, queue, data_dir, bot_config):
+    async with running_bot(fake, queue, data_dir, bot_config, discord_config(guild_id=fake.guild_id)):
+        pass
+    names = {c["name"] for c in fake.commands[str(fake.guild_id)]}
+    assert {"story", "status", "cancel", "queue", "help", "Make a story from this image"} <= names
+    assert "global" not in fake.commands
+    story = next(c for c in fake.commands[str(fake.guild_id)] if c["name"] == "story")
+    assert [(o["name"], o.get("required", False)) for o in story["options"]] == [
+        ("prompts", True), ("image", False), ("seed", False)]
+
+
+@pytest.mark.parametrize("mode, nsfw, expected", [
+    ("auto", False, True), ("auto", True, False), ("always", True, True), ("never", False, False)])
+def test_spoiler_policy(mode, nsfw, expected):
+    assert spoiler_for(mode, nsfw) is expected
+
+
+def test_spoiler_policy_names_a_bad_mode():
+    with pytest.raises(ValueError, match="'sometimes'.*auto"):
+        spoiler_for("sometimes", False)

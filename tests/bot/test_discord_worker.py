@@ -23,8 +23,9 @@ PHOTO = Path(__file__).resolve().parents[2] / "examples" / "chelsea.jpg"
 
 async def test_real_tiny_worker_delivers_the_whole_story(fake, queue, data_dir, bot_config, tmp_path):
     stop_worker = asyncio.Event()
-    worker = Worker(queue, WorkerConfig(data_dir=data_dir, engine=EngineConfig(preset="tiny", models_dir=data_dir.models),
-                                        poll_s=0.05, heartbeat_s=0.5, progress_interval_s=0.0))
+    engine = EngineConfig(preset="tiny", models_dir=data_dir.models)
+    worker = Worker(queue, WorkerConfig(data_dir=data_dir, engine=engine, poll_s=0.05, heartbeat_s=0.5,
+                                        progress_interval_s=0.0))
     async with running_bot(fake, queue, data_dir, bot_config):
         worker_task = asyncio.create_task(worker.run(stop_worker))
         try:

@@ -20,7 +20,8 @@ DISCORD_EPOCH_MS = 1420070400000
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # a guild without boosts
 
 # Gateway opcodes (https://discord.com/developers/docs/topics/opcodes-and-status-codes)
-OP_DISPATCH, OP_HEARTBEAT, OP_IDENTIFY, OP_RESUME, OP_INVALID_SESSION, OP_HELLO, OP_HEARTBEAT_ACK = 0, 1, 2, 6, 9, 10, 11
+OP_DISPATCH, OP_HEARTBEAT, OP_IDENTIFY, OP_RESUME = 0, 1, 2, 6
+OP_INVALID_SESSION, OP_HELLO, OP_HEARTBEAT_ACK = 9, 10, 11
 
 
 def snowflake_at(t: float, counter: int = 0) -> int:
@@ -109,6 +110,7 @@ class FakeDiscord:
         self.messages: dict[int, FakeMessage] = {}
         self.callbacks: list[Callback] = []
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
+        self.request_times: list[float] = []  # time.monotonic() of each entry in `requests`
         self.commands: dict[str, list[dict[str, Any]]] = {}  # scope ("global" or guild id) -> commands
         self.attachments: dict[str, bytes] = {}
         self.rejected_uploads: list[int] = []  # sizes of uploads refused with 413
@@ -253,6 +255,7 @@ class FakeDiscord:
         path = "/" + request.match_info["tail"]
         response = await self._route(request, path)
         self.requests.append((request.method, path, response.status))
+        self.request_times.append(time.monotonic())
         return response
 
     async def _route(self, request: web.Request, path: str) -> web.StreamResponse:
@@ -284,7 +287,8 @@ class FakeDiscord:
             if m == "PUT":
                 body = await request.json()
                 scope = mt.group(2) or "global"
-                self.commands[scope] = [{"description": "", "options": [], **c, "id": str(snowflake_at(time.time(), next(self._ids))),
+                self.commands[scope] = [{"description": "", "options": [], **c,
+                                         "id": str(snowflake_at(time.time(), next(self._ids))),
                                          "application_id": str(self.application_id), "version": "1",
                                          "default_member_permissions": None} for c in body]
                 return _json(self.commands[scope])
