@@ -40,6 +40,9 @@ UMT5_XXL = dict(d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, 
 SIZES = {
     "full": SimpleNamespace(transformer=A14B, umt5=UMT5_XXL, seq_len=512, vae_config="wan22",
                             settings=dict(num_frames=81, height=480, width=832)),
+    # Full widths and the real segment size, few layers: checks the whole path on the GPU in minutes.
+    "smoke": SimpleNamespace(transformer=dict(A14B, num_layers=4), umt5=dict(UMT5_XXL, num_layers=2), seq_len=512,
+                             vae_config="wan22", settings=dict(num_frames=81, height=480, width=832)),
     # K-quants need rows of 256, hence a 256-wide transformer; the tiny engine preset's VAE.
     "dry": SimpleNamespace(transformer=dict(num_attention_heads=2, attention_head_dim=128, ffn_dim=512,
                                             text_dim=256, num_layers=3),
@@ -263,7 +266,7 @@ def run_mode(mode: str, files: Path, size: str, out: Path) -> dict:
                     "gpu": torch.cuda.get_device_name() if cuda else "cpu"}
     if cuda and mode in ("t4", "reload"):
         total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(T4_VRAM_GIB * GIB / total, device)
+        torch.cuda.set_per_process_memory_fraction(T4_VRAM_GIB * GIB / total, torch.cuda.current_device())
         result["vram_limit_gib"] = T4_VRAM_GIB
     settings = GenerationSettings(seed=0, num_inference_steps=4, guidance_scale=1.0, **SIZES[size].settings)
     cfg = transformer_config(size)
@@ -330,7 +333,7 @@ def run_mode(mode: str, files: Path, size: str, out: Path) -> dict:
             vram_budget, ram_budget = torch.cuda.mem_get_info(device)[0], 10**15
         else:  # dry run of the big mode: everything resident
             vram_budget = ram_budget = 10**15
-        if mode == "t4" and not cuda:  # dry run: a VRAM budget that forces streaming of most blocks
+        if mode == "t4" and size != "full":  # a VRAM budget that forces most blocks to stream
             vram_budget = needs.activation_bytes + needs.vae_bytes + sum(s.other_bytes for s in sizes) + 4 * max(sizes[0].block_bytes)
         plan = plan_placement(needs, vram_budget, ram_budget)
         print(format_plan(plan), flush=True)
@@ -368,7 +371,7 @@ def run_mode(mode: str, files: Path, size: str, out: Path) -> dict:
                           stream=[(s.stats.ram_bytes, s.stats.disk_bytes) for s in streamers.values()],
                           loaded=sum(e.loaded_bytes for e in experts),
                           load_s=sum(e.load_s for e in experts)))
-        encodes.append(pool.submit(timed_write, seg.frames, out.parent / f"{mode}_segment{seg.index}.mp4"))
+        encodes.append(pool.submit(timed_write, seg.frames, files / f"{mode}_segment{seg.index}.mp4"))
         if seg.index == 0:
             sampler.marked = True  # from here on the process is in its steady state
 
@@ -420,9 +423,29 @@ def run_mode(mode: str, files: Path, size: str, out: Path) -> dict:
         result["page_cache"] = reload_method
     result["t4_projection_s"] = (flops / T4_TFLOPS + result["disk_bytes_per_segment"] / T4_DISK_BPS
                                  + result["pcie_bytes_per_segment"] / T4_PCIE_BPS)
+    if mode == "big":
+        result["exactness"] = check_exactness(experts[1].module, streamers["transformer_2"], device, dtype, cfg)
     sampler.stop = True
     out.write_text(json.dumps(result, indent=1))
     return result
+
+
+@torch.inference_mode()
+def check_exactness(model, streamer, device, dtype, cfg) -> dict:
+    """One forward with every other block streamed from pinned RAM against the all-resident forward."""
+    from engine.streaming import place_model
+
+    g = torch.Generator(device).manual_seed(3)
+    x = torch.randn(1, 36, 21, 30, 52, device=device, dtype=dtype, generator=g)  # (B, C, T, h, w): 8,190 tokens
+    text = torch.randn(1, 512, cfg["text_dim"], device=device, dtype=dtype, generator=g)
+    kw = dict(hidden_states=x, timestep=torch.tensor([500.0], device=device), encoder_hidden_states=text,
+              return_dict=False)
+    ref = model(**kw)[0].float()
+    streamer.remove()
+    place_model(model, ["ram" if i % 2 else "vram" for i in range(len(model.blocks))], device)
+    out = model(**kw)[0].float()
+    rel = ((out - ref).norm() / ref.norm()).item()
+    return {"bitwise_equal": bool(torch.equal(out, ref)), "relative_error": rel, "finite": bool(out.isfinite().all())}
 
 
 # ---- the floor --------------------------------------------------------------------------------
@@ -514,25 +537,30 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="write the experts into --files first")
     ap.add_argument("--modes", default="floor,t4,big,reload")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--size", choices=["full", "smoke"], default="full", help="smoke: 4 layers, for a quick GPU check")
+    ap.add_argument("--report-only", action="store_true", help="only rebuild latest.json and the table from --out")
     ap.add_argument("--mode", help=argparse.SUPPRESS)  # child process: one mode
     args = ap.parse_args()
-    size = "dry" if args.dry_run else "full"
+    size = "dry" if args.dry_run else args.size
     files = args.files or Path("/tmp/svibot-bench-dry" if args.dry_run else "/tmp/svibot-bench")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.mode:
+        # Fewer fragments under the 15 GiB cap; it must be set before CUDA starts.
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         if args.mode == "floor":
             run_floor(size, args.out / "floor.json")
         else:
             run_mode(args.mode, files, size, args.out / f"{args.mode}.json")
         return
-    if args.write or args.dry_run or not (files / "high.gguf").exists():
+    if args.report_only:
+        args.modes = ""
+    elif args.write or args.dry_run or not (files / "high.gguf").exists():
         files.mkdir(parents=True, exist_ok=True)
         write_files(files, size)
-    for mode in args.modes.split(","):
+    for mode in filter(None, args.modes.split(",")):
         t = time.perf_counter()
         cmd = [sys.executable, __file__, "--mode", mode, "--files", str(files), "--out", str(args.out)]
-        if args.dry_run:
-            cmd.append("--dry-run")
+        cmd += ["--dry-run"] if args.dry_run else ["--size", size]
         code = subprocess.call(cmd)
         print(f"mode {mode}: exit {code} after {time.perf_counter() - t:.0f} s", flush=True)
     results = {"size": size, "modes": {}}
