@@ -103,16 +103,13 @@ def _build_tiny(preset: Preset, device: torch.device, dtype: torch.dtype) -> Mod
     )
 
 
-def _build_real(config: EngineConfig, preset: Preset, dtype: torch.dtype) -> Models:
+def _build_real(config: EngineConfig, preset: Preset, dtype: torch.dtype, paths: dict[str, Path]) -> Models:
     from diffusers import AutoencoderKLWan
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    from .download import local_preset_files
     from .lora import apply_loras
 
-    files = preset.files.with_overrides(config.file_overrides)
-    paths = local_preset_files(files, config.models_dir)
-    configs = wan22_config_dir()
+    configs = preset.config_dir or wan22_config_dir()
     high = load_expert_gguf(paths["high"], configs, "transformer", dtype)
     low = load_expert_gguf(paths["low"], configs, "transformer_2", dtype)
     vae = AutoencoderKLWan.from_single_file(
@@ -143,10 +140,16 @@ def load_models(config: EngineConfig) -> Models:
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
+        paths = None
+        if preset.files is not None:
+            from .download import local_preset_files
+
+            # a missing file fails here, before the warm models are dropped
+            paths = local_preset_files(preset.files.with_overrides(config.file_overrides), config.models_dir)
         _CACHE.clear()  # one preset at a time: two A14B presets never fit together
         free_memory()
         log.info("loading preset %s on %s in %s", preset.label, device, dtype)
-        models = _build_tiny(preset, device, dtype) if preset.files is None else _build_real(config, preset, dtype)
+        models = _build_tiny(preset, device, dtype) if preset.files is None else _build_real(config, preset, dtype, paths)
         place_models(models, device)
         _CACHE[key] = models
         return models

@@ -66,6 +66,7 @@ class Preset:
     sizes: dict  # part -> approximate bytes, for the disk check and for display
     settings: GenerationSettings  # defaults for this preset
     is_random_weights: bool = False
+    config_dir: Path | None = None  # None: the packaged Wan 2.2 I2V A14B configs
 
     @property
     def total_bytes(self) -> int:

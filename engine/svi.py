@@ -49,6 +49,9 @@ def check_inputs(prompts: list[str], settings: GenerationSettings, start_segment
     for i, p in enumerate(prompts):
         if not isinstance(p, str) or not p.strip():
             raise EmptyPrompt(f"Prompt {i + 1} of {len(prompts)} is empty: {p!r}")
+    if len(prompts) > 1 and settings.num_frames <= OVERLAP_FRAMES:
+        raise BadSetting(f"num_frames must be above {OVERLAP_FRAMES} for a story of several segments "
+                         f"(each later segment drops its first {OVERLAP_FRAMES} frames) but is {settings.num_frames}")
     if not 0 <= start_segment < len(prompts):
         raise BadSetting(f"start_segment must be in [0, {len(prompts)}) but is {start_segment}")
     if start_segment > 0 and carry is None:

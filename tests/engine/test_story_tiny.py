@@ -1,6 +1,7 @@
 """A whole story on the tiny preset: segments, frame counts, mp4s, determinism, resume and cancel."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -121,11 +122,14 @@ class Untouchable:
         (["walk"], {"start_segment": 1}, BadSetting),
         (["walk", "run"], {"start_segment": 1}, BadSetting),  # resume without a carry
         (["walk", "run"], {"start_segment": 1, "carry": torch.zeros(16, 2, 2, 2)}, BadSetting),  # wrong shape
+        (["walk", "run"], {"settings": "5 frames"}, BadSetting),  # later segments would be empty
     ],
 )
 def test_bad_inputs_fail_before_any_weight_is_touched(photo, tiny_settings, prompts, changes, error):
     untouchable = Models(*(Untouchable(),) * 5, device=torch.device("cpu"), dtype=torch.float32,
                          preset="tiny", label="tiny")
+    if changes.pop("settings", None):
+        tiny_settings = replace(tiny_settings, num_frames=5)
     with pytest.raises(error):
         generate_story(untouchable, photo, prompts, tiny_settings, **changes)
 

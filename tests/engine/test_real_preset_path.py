@@ -1,0 +1,98 @@
+"""The real-preset path end to end with tiny files: fake Hub -> download -> GGUF experts, VAE, UMT5,
+tokenizer and both LoRAs per expert through `load_models` -> one SVI segment."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from gguf import GGMLQuantizationType as Q
+from safetensors.torch import save_file
+
+from engine.config import EngineConfig, LoraStrengths
+from engine.download import download_preset
+from engine.gguf_writer import diffusers_to_wan_keys, write_wan_gguf
+from engine.loading import load_models, unload_models
+from engine.presets import PRESETS, ModelFiles, Preset
+from engine.svi import generate_story
+from engine.tiny import TINY_TRANSFORMER, TINY_VAE, build_tiny_components
+from engine_helpers import make_photo
+from fake_hub import FakeHub
+
+REPO = "org/tiny-wan"
+DIM = TINY_TRANSFORMER["num_attention_heads"] * TINY_TRANSFORMER["attention_head_dim"]
+
+
+def lora(seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"blocks.0.self_attn.q.lora_A.default.weight": torch.randn(4, DIM, generator=g).contiguous(),
+            "blocks.0.self_attn.q.lora_B.default.weight": torch.randn(DIM, 4, generator=g).contiguous()}
+
+
+def qtype_for(name: str, shape: tuple) -> Q:
+    """Q8_0 where a row holds whole 32-value blocks (ffn.2, text embedding), F16/F32 elsewhere."""
+    if len(shape) == 2 and shape[-1] % 32 == 0:
+        return Q.Q8_0
+    return Q.F16 if len(shape) >= 2 else Q.F32
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory) -> tuple[dict, dict]:
+    """Every file of a preset, but tiny: (repo contents for the fake Hub, packaged-style config dir)."""
+    root = tmp_path_factory.mktemp("repo")
+    parts = build_tiny_components()
+    files: dict[str, bytes] = {}
+    for name, subdir in (("transformer", "HighNoise/high.gguf"), ("transformer_2", "LowNoise/low.gguf")):
+        wan = diffusers_to_wan_keys(parts[name].state_dict())
+        path = write_wan_gguf(root / subdir, wan, qtype_for)
+        files[subdir] = path.read_bytes()
+    save_file({k: v.contiguous() for k, v in parts["vae"].state_dict().items()}, root / "vae.safetensors")
+    files["vae.safetensors"] = (root / "vae.safetensors").read_bytes()
+    parts["text_encoder"].save_pretrained(root / "text_encoder")
+    parts["tokenizer"].save_pretrained(root / "tokenizer")
+    for folder in ("text_encoder", "tokenizer"):
+        for f in (root / folder).iterdir():
+            files[f"{folder}/{f.name}"] = f.read_bytes()
+    for i, name in enumerate(("svi_high", "svi_low", "l_high", "l_low")):
+        save_file(lora(i), root / f"{name}.safetensors")
+        files[f"{name}.safetensors"] = (root / f"{name}.safetensors").read_bytes()
+    configs = root / "configs"
+    for sub in ("transformer", "transformer_2"):
+        (configs / sub).mkdir(parents=True)
+        cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in TINY_TRANSFORMER.items()}
+        (configs / sub / "config.json").write_text(json.dumps({"_class_name": "WanTransformer3DModel", **cfg}))
+    (configs / "vae").mkdir()
+    (configs / "vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLWan", **TINY_VAE}))
+    return {REPO: files}, configs
+
+
+def test_download_then_load_then_generate(tiny_repo, tmp_path, monkeypatch):
+    repos, configs = tiny_repo
+    r = REPO
+    files = ModelFiles(high_repo=r, high_file="HighNoise/high.gguf", low_repo=r, low_file="LowNoise/low.gguf",
+                       vae_repo=r, vae_file="vae.safetensors", text_encoder_repo=r, tokenizer_repo=r,
+                       svi_high_repo=r, svi_high_file="svi_high.safetensors",
+                       svi_low_repo=r, svi_low_file="svi_low.safetensors",
+                       lightx2v_high_repo=r, lightx2v_high_file="l_high.safetensors",
+                       lightx2v_low_repo=r, lightx2v_low_file="l_low.safetensors")
+    preset = Preset(name="tiny_gguf", files=files, sizes={}, settings=replace(PRESETS["tiny"].settings, num_frames=9),
+                    config_dir=configs)
+    monkeypatch.setitem(PRESETS, "tiny_gguf", preset)
+    with FakeHub(repos) as hub:
+        download_preset("tiny_gguf", tmp_path, endpoint=hub.endpoint, progress=False, token=None)
+    strengths = LoraStrengths(svi_high=1.0, svi_low=1.0, lightx2v_high=0.5, lightx2v_low=1.0)
+    try:
+        models = load_models(EngineConfig(preset="tiny_gguf", models_dir=tmp_path, device="cpu",
+                                          lora_strengths=strengths))
+        assert type(models.transformer.blocks[0].ffn.net[2]).__name__ == "GGUFLinear"
+        assert type(models.transformer_2.condition_embedder.text_embedder.linear_1).__name__ == "GGUFLinear"
+        assert set(models.transformer.peft_config) == {"svi", "lightx2v"}
+        assert set(models.transformer_2.peft_config) == {"svi", "lightx2v"}
+        q = models.transformer.blocks[0].attn1.to_q
+        assert q.scaling == {"svi": 1.0, "lightx2v": 0.5}  # per-expert strengths, unfused
+        assert models.transformer_2.blocks[0].attn1.to_q.scaling == {"svi": 1.0, "lightx2v": 1.0}
+        results = generate_story(models, make_photo(), ["walk", "run"], preset.settings)
+        assert [len(r.frames) for r in results] == [9, 4]
+    finally:
+        unload_models()
