@@ -81,7 +81,6 @@ class TelegramConfig:
     edit_interval_s: float = 3.0  # Telegram throttles edits; one per 3 s per chat stays clear of 429s
     photo_memory_s: float = 600.0  # how long a photo waits for a following /story in the same chat
     poll_timeout_s: float = 10.0  # getUpdates long-poll timeout
-    max_download_mb: int = 20  # the cloud Bot API serves files up to 20 MB
 
     def __post_init__(self) -> None:
         if not self.token:

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import warnings
-from datetime import timedelta
 from pathlib import Path
 
 from telegram import BotCommand, Update
-from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter
-from telegram.warnings import PTBDeprecationWarning
+from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter
 from telegram.ext import (
     Application,
     ApplicationBuilder,
@@ -42,13 +39,6 @@ COMMANDS = [
 UPLOAD_TIMEOUT_S = 600.0  # a 50 MB upload on a slow Colab uplink takes minutes
 
 
-def _retry_seconds(err: RetryAfter) -> float:
-    with warnings.catch_warnings():  # PTB 22 warns that the int form will become a timedelta
-        warnings.simplefilter("ignore", PTBDeprecationWarning)
-        retry_after = err.retry_after
-    return retry_after.total_seconds() if isinstance(retry_after, timedelta) else float(retry_after)
-
-
 class TelegramDeliverer:
     """The outbox's view of Telegram: edit status messages, upload videos, post texts."""
 
@@ -66,15 +56,17 @@ class TelegramDeliverer:
         try:
             return await make()
         except RetryAfter as err:
-            raise RetryLater(_retry_seconds(err)) from err
-        except Forbidden as err:  # the user blocked the bot or left the chat
+            raise RetryLater(h.retry_seconds(err)) from err
+        except (Forbidden, ChatMigrated) as err:  # blocked by the user, removed from the chat, chat moved
             raise Undeliverable(str(err)) from err
         except BadRequest as err:
-            if "chat not found" in str(err).lower():
+            if "not modified" in str(err).lower():
+                raise
+            raise Undeliverable(str(err)) from err  # asking again would get the same answer
+        except NetworkError as err:
+            if "too large" in str(err).lower():  # HTTP 413: the upload limit is set above the server's
                 raise Undeliverable(str(err)) from err
-            raise
-        except NetworkError as err:  # timeouts and dropped connections: try again shortly
-            raise RetryLater(2.0) from err
+            raise RetryLater(2.0) from err  # timeouts and dropped connections: try again shortly
 
     async def show_status(self, job: Job, text: str, *, active: bool) -> str:
         markup = h.job_buttons(job.id, active=active)
@@ -83,13 +75,12 @@ class TelegramDeliverer:
                 await self._call(lambda: self.bot.edit_message_text(
                     text, chat_id=int(job.chat_id), message_id=int(job.status_message_id), reply_markup=markup))
                 return job.status_message_id
-            except BadRequest as err:
-                reason = str(err).lower()
-                if "not modified" in reason:
-                    return job.status_message_id
-                if "not found" not in reason:
-                    raise
-                # The status message was deleted: post a new one below.
+            except BadRequest:  # only "message is not modified" gets here: the text is already shown
+                return job.status_message_id
+            except Undeliverable as err:
+                # The status message was deleted or can no longer be edited: post a fresh one.
+                log.info("job #%d: cannot edit status message %s (%s); posting a new one",
+                         job.id, job.status_message_id, err)
         message = await self._call(lambda: self.bot.send_message(int(job.chat_id), text, reply_markup=markup))
         return str(message.message_id)
 

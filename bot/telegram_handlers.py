@@ -4,14 +4,20 @@ They read `TelegramDeps` from `application.bot_data` and call the shared use cas
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
+import warnings
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import PurePath
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
+from telegram.error import RetryAfter
 from telegram.ext import ContextTypes
+from telegram.warnings import PTBDeprecationWarning
 
 from storage.config import DataDir
 from storage.errors import InputError, NotAnImage
@@ -27,6 +33,7 @@ log = logging.getLogger(__name__)
 
 PLATFORM = "telegram"
 DEPS_KEY = "svibot"
+MAX_FLOOD_WAIT_S = 30.0  # a handler waits at most this long; the outbox covers longer waits
 STORY_COMMAND = re.compile(r"^/story(?:@(\w+))?(?:\s+|$)", re.IGNORECASE)
 
 
@@ -84,6 +91,26 @@ def job_buttons(job_id: int, *, active: bool) -> InlineKeyboardMarkup:
     if active:
         row.insert(0, InlineKeyboardButton("❌ Cancel", callback_data=f"cancel:{job_id}"))
     return InlineKeyboardMarkup([row])
+
+
+def retry_seconds(err: RetryAfter) -> float:
+    """How long Telegram asked us to wait, as seconds."""
+    with warnings.catch_warnings():  # PTB 22 warns that the int form will become a timedelta
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        retry_after = err.retry_after
+    return retry_after.total_seconds() if isinstance(retry_after, timedelta) else float(retry_after)
+
+
+async def send_patiently(send: Callable[[], Awaitable[Message]], attempts: int = 3) -> Message:
+    """Send a message that must not be lost (the "Queued" reply), waiting out flood control."""
+    for attempt in range(attempts):
+        try:
+            return await send()
+        except RetryAfter as err:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(min(retry_seconds(err), MAX_FLOOD_WAIT_S))
+    raise AssertionError("unreachable")
 
 
 def story_text(text: str | None, bot_username: str | None) -> str | None:
@@ -145,7 +172,8 @@ async def _start_story(update: Update, context: ContextTypes.DEFAULT_TYPE, text:
         await message.reply_text(str(err))
         return
     d.photos.forget(chat.id)
-    reply = await message.reply_text(queued.text, reply_markup=job_buttons(queued.job.id, active=True))
+    reply = await send_patiently(
+        lambda: message.reply_text(queued.text, reply_markup=job_buttons(queued.job.id, active=True)))
     await d.queue.set_status_message(queued.job.id, str(reply.message_id))
 
 
@@ -234,8 +262,8 @@ async def button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     except (AccessDenied, InputError) as err:
         await query.answer(str(err), show_alert=True)
         return
-    reply = await context.bot.send_message(update.effective_chat.id, queued.text,
-                                           reply_markup=job_buttons(queued.job.id, active=True))
+    reply = await send_patiently(lambda: context.bot.send_message(
+        update.effective_chat.id, queued.text, reply_markup=job_buttons(queued.job.id, active=True)))
     await d.queue.set_status_message(queued.job.id, str(reply.message_id))
     await query.answer(f"Queued job #{queued.job.id}.")
 

@@ -164,3 +164,27 @@ async def test_status_edits_are_throttled_per_chat(fake_telegram, start_bot, que
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert len(times) >= 2
     assert min(gaps) >= 0.45  # 20 progress events, but never two edits within the interval
+
+
+async def test_flood_on_the_queued_reply_still_gives_one_reply(fake_telegram, start_bot, queue):
+    fake = fake_telegram
+    await start_bot()
+    fake.fail_next("sendMessage", retry_after=1, times=1)
+    fake.user_message(CHAT, USER, caption="/story a", photo=png_bytes())
+    reply = await _queued_reply(fake)
+    await asyncio.sleep(0.3)
+    assert ("sendMessage", 429) in fake.rejected
+    assert [t for t in fake.texts_to(CHAT)] == [reply.text]
+    assert (await queue.get_job(1)).status_message_id == str(reply.message_id)
+
+
+async def test_failed_job_is_reported_in_the_chat_and_the_status(fake_telegram, start_bot, queue, worker):
+    fake = fake_telegram
+    await start_bot()
+    fake.user_message(CHAT, USER, caption="/story a | b", photo=png_bytes())
+    reply = await _queued_reply(fake)
+    job = await worker.claim()
+    await queue.fail(job.id, worker.id, "ran out of GPU memory at segment 1 of 2")
+    await fake.wait_for(lambda: any("failed" in t for t in fake.texts_to(CHAT)), what="failure message")
+    assert fake.texts_to(CHAT)[-1] == "Job #1 failed: ran out of GPU memory at segment 1 of 2"
+    await fake.wait_for(lambda: "failed" in (fake.current_text(CHAT, reply.message_id) or ""), what="status")
