@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 NO_IMAGE = "Attach a photo to the command: /story prompts:walk | run | fly image:<your photo>"
 NO_IMAGE_IN_MESSAGE = "That message has no image attached; use this on a message with a photo."
 CONTEXT_MENU_NAME = "Make a story from this image"
+HOW_TO = ["Example: /story prompts: a cat walks | the cat runs | the cat flies  image: <your photo>",
+          f'Or right-click a message with a photo: Apps > "{CONTEXT_MENU_NAME}".',
+          "Buttons under the status message cancel the job or re-roll it with a new seed."]
 SHUTDOWN_GRACE_S = 60.0  # an upload in flight may take this long on a slow link
 
 
@@ -101,7 +104,7 @@ class SviClient(discord.Client):
                                        job_id=job_id)
         except AccessDenied as err:
             text = str(err)
-        await interaction.response.send_message(text, ephemeral=True)
+        await _reply(interaction, text)
 
     async def press_reroll(self, interaction: discord.Interaction, job_id: int) -> None:
         """🔁 Re-roll: queue the same photo and prompts with a new seed for whoever pressed it."""
@@ -115,6 +118,11 @@ class SviClient(discord.Client):
             return
         await _reply(interaction, queued.text)
         await self._post_status(queued)
+
+    async def on_button_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        """The buttons' error handler: log first, then tell the presser once."""
+        log.error("button %s failed", (interaction.data or {}).get("custom_id"), exc_info=error)
+        await _reply(interaction, texts.INTERNAL_ERROR)
 
 
 # -- command handlers ------------------------------------------------------------------------------
@@ -160,7 +168,8 @@ async def queue_(interaction: discord.Interaction[SviClient]) -> None:
 async def help_(interaction: discord.Interaction[SviClient]) -> None:
     """How to use the bot, its limits and the rules."""
     client = interaction.client
-    await interaction.response.send_message(await intake.help_text(client.queue, client.bot_config), ephemeral=True)
+    text = await intake.help_text(client.queue, client.bot_config, how_to=HOW_TO)
+    await interaction.response.send_message(text, ephemeral=True)
 
 
 async def story_from_message(interaction: discord.Interaction[SviClient], message: discord.Message) -> None:

@@ -33,7 +33,10 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"svibot:
         return cls(int(match["job_id"]))
 
     async def callback(self, interaction: discord.Interaction["SviClient"]) -> None:
-        await interaction.client.press_cancel(interaction, self.job_id)
+        try:
+            await interaction.client.press_cancel(interaction, self.job_id)
+        except Exception as err:
+            await interaction.client.on_button_error(interaction, err)
 
 
 class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"svibot:reroll:(?P<job_id>[0-9]+)"):
@@ -51,7 +54,10 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"svibot:
         return cls(int(match["job_id"]))
 
     async def callback(self, interaction: discord.Interaction["SviClient"]) -> None:
-        await interaction.client.press_reroll(interaction, self.job_id)
+        try:
+            await interaction.client.press_reroll(interaction, self.job_id)
+        except Exception as err:
+            await interaction.client.on_button_error(interaction, err)
 
 
 def status_view(job_id: int, *, active: bool) -> discord.ui.View:
@@ -76,3 +82,6 @@ class StoryModal(discord.ui.Modal, title="Make a story"):
 
     async def on_submit(self, interaction: discord.Interaction["SviClient"]) -> None:
         await interaction.client.start_story(interaction, self.prompts.value, self.image, None)
+
+    async def on_error(self, interaction: discord.Interaction["SviClient"], error: Exception, /) -> None:
+        await interaction.client.on_button_error(interaction, error)

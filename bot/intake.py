@@ -154,7 +154,8 @@ async def queue_overview(queue: JobQueue, config: BotConfig, *, user_id: str, li
     return texts.queue_text(lines, stats.workers_online)
 
 
-async def help_text(queue: JobQueue, config: BotConfig, *, command_prefix: str = "/") -> str:
+async def help_text(queue: JobQueue, config: BotConfig, *, command_prefix: str = "/",
+                    how_to: list[str] | None = None) -> str:
     stats = await queue.stats()
     return texts.help_text(config.limits, queue_length=stats.queued + stats.running,
-                           workers_online=stats.workers_online, command_prefix=command_prefix)
+                           workers_online=stats.workers_online, command_prefix=command_prefix, how_to=how_to)

@@ -23,14 +23,18 @@ def minutes(seconds: float | None) -> str:
     return f"~{max(1, round(seconds / 60))} min"
 
 
-def help_text(limits: Limits, *, queue_length: int, workers_online: int, command_prefix: str = "/") -> str:
+def help_text(limits: Limits, *, queue_length: int, workers_online: int, command_prefix: str = "/",
+              how_to: list[str] | None = None) -> str:
+    """`how_to` replaces the example lines for platforms whose commands look different."""
     worker = "a GPU worker is online" if workers_online else "no GPU worker is online right now"
     p = command_prefix
+    if how_to is None:
+        how_to = [f"Example: a photo with the caption  {p}story a cat walks | the cat runs | the cat flies",
+                  f"You can also reply {p}story ... to a photo, or send a photo and then {p}story ..."]
     return "\n".join([
         "Send a photo and a story; each part between | becomes one video segment.",
         "",
-        f"Example: a photo with the caption  {p}story a cat walks | the cat runs | the cat flies",
-        f"You can also reply {p}story ... to a photo, or send a photo and then {p}story ...",
+        *how_to,
         "",
         f"Limits: up to {limits.max_segments} segments per story, about {SECONDS_PER_SEGMENT} s each; "
         f"prompts up to {limits.max_prompt_chars} characters; photos up to "

@@ -138,4 +138,7 @@ async def test_status_cancel_and_queue_commands(fake, queue, data_dir, bot_confi
         assert other.startswith(f"You cannot cancel job #{job_id}")
         mine = await reply_of(fake, await fake.send_interaction(fake.slash("cancel", OWNER)))
         assert mine == f"Cancelled job #{job_id}."
+        help_text = await reply_of(fake, await fake.send_interaction(fake.slash("help", STRANGER)))
+        assert "/story prompts:" in help_text and "up to 10 segments" in help_text
+        assert "no impersonation of real people" in help_text and "caption" not in help_text
     assert (await queue.get_job(job_id)).state == "cancelled"
