@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -122,6 +126,61 @@ def test_set_form_fields_rejects_unknown_names():
         set_form_fields(read_notebook(), NOT_A_FIELD=1)
 
 
+# -- helper cells, run in-process --------------------------------------------------------------
+def run_cells(*titles: str, **names) -> dict:
+    """Execute the setup cell, then the cells whose `#@title` starts with each of `titles`."""
+    cells = code_cells(read_notebook())
+    namespace = dict(names)
+    exec(cells[0], namespace)  # imports and IN_COLAB
+    for title in titles:
+        source = next(c for c in cells if c.startswith(f"#@title {title}"))
+        exec(source, namespace)
+    return namespace
+
+
+def test_run_helper_streams_lines_keeps_carriage_returns_and_raises_on_failure(capsys):
+    ns = run_cells("Helper: `run(cmd)`")
+    lines = []
+    script = "import sys; sys.stderr.write('10%\\r50%\\r100%\\n'); print('segment 1/1: a.mp4'); print('story: b.mp4')"
+    ns["run"]([sys.executable, "-c", script], on_line=lines.append)
+    assert lines == ["segment 1/1: a.mp4\n", "story: b.mp4\n"]
+    assert "10%\r50%\r100%" in capsys.readouterr().err  # progress bars redraw in place
+    with pytest.raises(RuntimeError, match="exit code 3"):
+        ns["run"]([sys.executable, "-c", "raise SystemExit(3)"])
+
+
+def test_stop_server_ends_only_a_svibot_server_and_its_group(tmp_path):
+    ns = run_cells("Helper: at most one background", DATA_DIR=str(tmp_path))
+    assert ns["server_pid"]() is None
+    (tmp_path / "serve.pid").write_text(str(os.getpid()))  # not a svibot process: left alone
+    assert ns["server_pid"]() is None
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "svibot", "serve"],
+                              start_new_session=True)
+    (tmp_path / "serve.pid").write_text(str(server.pid))
+    try:
+        for _ in range(100):  # /proc/PID/cmdline reads empty until the exec has settled
+            if ns["server_pid"]() is not None:
+                break
+            time.sleep(0.05)
+        assert ns["server_pid"]() == server.pid
+        ns["stop_server"](wait_s=10)
+        assert server.wait(timeout=5) == -signal.SIGTERM
+        assert not (tmp_path / "serve.pid").exists()
+    finally:
+        server.kill()
+
+
+def test_preset_table_says_what_fits_a_t4_and_a_cpu_runtime(capsys):
+    run_cells("Which presets fit", GPU_NAME="Tesla T4", VRAM_GIB=15.0, RAM_GIB=12.7, PRESET="q4_k_m")
+    rows = {line.lstrip("-> ").split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert set(rows) == set(PRESETS)
+    assert rows["q4_k_m"].startswith("->") and rows["q4_k_m"].endswith("fits")
+    assert rows["q3_k_m"].endswith("fits") and rows["q8_0"].endswith("too big here")
+    assert rows["tiny"].endswith("(random weights)")
+    run_cells("Which presets fit", GPU_NAME=None, VRAM_GIB=0.0, RAM_GIB=64.0, PRESET="tiny")
+    assert all(line.endswith(("too big here", "(random weights)")) for line in capsys.readouterr().out.splitlines())
+
+
 # -- headless run ------------------------------------------------------------------------------
 def svibot_shim(bin_dir: Path) -> None:
     """`svibot` on PATH for the kernel, running this checkout's CLI (as `pip install` would)."""
@@ -141,7 +200,8 @@ def videos_shown(cell) -> int:
 
 def test_runs_headless_on_cpu_with_the_tiny_preset(tmp_path, monkeypatch):
     svibot_shim(tmp_path / "bin")
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{Path(sys.executable).parent}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("PATH", os.pathsep.join([str(tmp_path / "bin"), str(Path(sys.executable).parent),
+                                                os.environ["PATH"]]))
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("SVIBOT_DEVICE", "cpu")
