@@ -12,7 +12,7 @@ import discord
 from discord import app_commands
 
 from storage.config import DataDir
-from storage.errors import InputError
+from storage.errors import InputError, JobNotFound
 from storage.queue import JobQueue
 from storage.validate import check_photo_size
 
@@ -113,6 +113,9 @@ class SviClient(discord.Client):
         try:
             queued = await intake.reroll(self.queue, self.bot_config, job_id, user_id=user_id, chat_id=chat_id,
                                          chat_ids=chat_ids, meta=_channel_meta(interaction))
+        except JobNotFound:
+            await _reply(interaction, f"There is no job #{job_id} any more to re-roll.")
+            return
         except (AccessDenied, InputError) as err:
             await _reply(interaction, str(err))
             return
