@@ -24,11 +24,8 @@ from .config import Limits, QueueConfig
 from .errors import CorruptDatabase, JobNotFound, LeaseLost, NotAllowed
 from .files import store_photo
 from .models import ACTIVE_STATES, PLATFORMS, Event, Job, NewJob, Segment, Stats
-from .schema import MIGRATIONS, PRAGMAS, SCHEMA_VERSION
+from .schema import PRAGMAS, check_is_sqlite, migrate
 from .validate import check_photo, check_prompts
-
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-
 
 @dataclass(frozen=True)
 class WorkerId:
@@ -70,7 +67,7 @@ class JobQueue:
     async def open(cls, config: QueueConfig, photos_dir: Path, *,
                    clock: Callable[[], float] = time.time) -> "JobQueue":
         path = Path(config.db_path)
-        _check_is_sqlite(path)
+        check_is_sqlite(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path, isolation_level=None, timeout=30.0)
         db.row_factory = sqlite3.Row
@@ -78,7 +75,7 @@ class JobQueue:
             await db.execute("PRAGMA busy_timeout=30000")
             for pragma in PRAGMAS:
                 await db.execute(pragma)
-            await _migrate(db, path)
+            await migrate(db, path)
         except sqlite3.DatabaseError as err:
             await db.close()
             raise CorruptDatabase(
@@ -412,41 +409,6 @@ class JobQueue:
         cur = await db.execute("SELECT * FROM jobs WHERE state = 'queued' ORDER BY id")
         for place, row in enumerate(await cur.fetchall(), start=1):
             await self._emit(db, Job.from_row(row), "position", {"position": place})
-
-
-def _check_is_sqlite(path: Path) -> None:
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    with open(path, "rb") as f:
-        head = f.read(len(_SQLITE_MAGIC))
-    if head != _SQLITE_MAGIC:
-        raise CorruptDatabase(
-            f"{path} exists but is not an SQLite database; it was left untouched. "
-            "Move it away or point SVIBOT_DATA_DIR elsewhere.")
-
-
-async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
-    cur = await db.execute("PRAGMA user_version")
-    (version,) = await cur.fetchone()
-    if version > SCHEMA_VERSION:
-        raise CorruptDatabase(
-            f"{path} has schema version {version}, newer than this svibot's {SCHEMA_VERSION}; upgrade svibot")
-    if version == 0:
-        cur = await db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
-        foreign = {r[0] for r in await cur.fetchall()} - {"jobs", "segments", "events", "workers"}
-        if foreign:
-            raise CorruptDatabase(
-                f"{path} is an SQLite database of another program (tables {sorted(foreign)}); left untouched")
-    for target in range(version + 1, SCHEMA_VERSION + 1):
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            for stmt in MIGRATIONS[target - 1]:
-                await db.execute(stmt)
-            await db.execute(f"PRAGMA user_version = {target}")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-        await db.execute("COMMIT")
 
 
 __all__ = ["JobQueue", "WorkerId", "ACTIVE_STATES"]

@@ -1,5 +1,14 @@
-"""Schema statements and forward migrations, versioned with PRAGMA user_version."""
+"""Schema statements, forward migrations (versioned with PRAGMA user_version) and the checks run
+before a database file is trusted."""
 from __future__ import annotations
+
+from pathlib import Path
+
+import aiosqlite
+
+from .errors import CorruptDatabase
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -76,3 +85,38 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def check_is_sqlite(path: Path) -> None:
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f:
+        head = f.read(len(_SQLITE_MAGIC))
+    if head != _SQLITE_MAGIC:
+        raise CorruptDatabase(
+            f"{path} exists but is not an SQLite database; it was left untouched. "
+            "Move it away or point SVIBOT_DATA_DIR elsewhere.")
+
+
+async def migrate(db: aiosqlite.Connection, path: Path) -> None:
+    cur = await db.execute("PRAGMA user_version")
+    (version,) = await cur.fetchone()
+    if version > SCHEMA_VERSION:
+        raise CorruptDatabase(
+            f"{path} has schema version {version}, newer than this svibot's {SCHEMA_VERSION}; upgrade svibot")
+    if version == 0:
+        cur = await db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        foreign = {r[0] for r in await cur.fetchall()} - {"jobs", "segments", "events", "workers"}
+        if foreign:
+            raise CorruptDatabase(
+                f"{path} is an SQLite database of another program (tables {sorted(foreign)}); left untouched")
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in MIGRATIONS[target - 1]:
+                await db.execute(stmt)
+            await db.execute(f"PRAGMA user_version = {target}")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        await db.execute("COMMIT")
