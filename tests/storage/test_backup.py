@@ -132,6 +132,11 @@ def test_restore_rejects_files_that_are_not_svibot_snapshots(tmp_path):
         restore(garbage, target)
     with pytest.raises(CorruptDatabase, match="schema version 0"):
         restore(foreign, target)
+    with closing(sqlite3.connect(foreign)) as conn:
+        conn.executescript("CREATE TABLE jobs (id); CREATE TABLE segments (x); CREATE TABLE events (x);"
+                           "PRAGMA user_version = 99;")
+    with pytest.raises(CorruptDatabase, match="schema version 99; this svibot reads 1 to"):
+        restore(foreign, target)
     assert not target.exists()
 
 
