@@ -5,13 +5,14 @@ Refusals are `access.AccessDenied`; bad input is `storage.errors.InputError`; bo
 """
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from storage.errors import JobNotFound, NotAllowed
+from storage.errors import DiskFull, InputError, JobNotFound, NotAllowed
 from storage.models import ACTIVE_STATES, Job, NewJob
 from storage.queue import JobQueue
 from storage.validate import check_photo, parse_prompts
@@ -19,7 +20,14 @@ from storage.validate import check_photo, parse_prompts
 from . import access, texts
 from .config import BotConfig
 
+log = logging.getLogger(__name__)
 MAX_SEED = 2**31 - 1
+
+
+class NotQueued(InputError):
+    """The request was fine but the server cannot take it now (its disk is full)."""
+
+    code = "not_queued"
 
 
 def new_seed() -> int:
@@ -76,11 +84,15 @@ async def start_story(queue: JobQueue, config: BotConfig, request: StoryRequest)
     seed = new_seed() if request.seed is None else request.seed
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed is {seed}; it must be between 0 and {MAX_SEED}")
-    job = await queue.enqueue(NewJob(
-        platform=request.platform, chat_id=str(request.chat_id), user_id=str(request.user_id),
-        photo=request.photo, prompts=prompts, settings={**request.settings, "seed": seed},
-        meta=dict(request.meta), photo_suffix=request.photo_suffix,
-    ), config.limits)
+    try:
+        job = await queue.enqueue(NewJob(
+            platform=request.platform, chat_id=str(request.chat_id), user_id=str(request.user_id),
+            photo=request.photo, prompts=prompts, settings={**request.settings, "seed": seed},
+            meta=dict(request.meta), photo_suffix=request.photo_suffix,
+        ), config.limits)
+    except DiskFull as err:
+        log.error("refused a story: %s", err)
+        raise NotQueued(texts.DISK_FULL) from err
     return await describe_queued(queue, job)
 
 

@@ -139,6 +139,8 @@ NOT_ALLOWED_CHAT = "Sorry, this bot is not enabled in this chat. The operator de
 ADMINS_ONLY = "Only the bot's admins may do that."
 NO_PHOTO = ("There is no photo for this story. Send a photo with the caption /story a | b | c, "
             "reply /story ... to a photo, or send a photo first and then /story ...")
+DISK_FULL = ("The server's disk is full, so your story was not queued. Please try again later; "
+             "the operator has been told in the log.")
 INTERNAL_ERROR = "Sorry, something went wrong on my side. The error was logged; please try again later."
 
 

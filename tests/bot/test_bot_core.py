@@ -127,6 +127,24 @@ async def test_start_story_checks_before_queueing_and_sets_a_seed(queue):
     assert len(await queue.list_jobs()) == 1
 
 
+async def test_full_disk_refuses_the_story_clearly_and_queues_nothing(queue, monkeypatch):
+    import errno
+
+    import storage.files
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage.files.os, "replace", no_space)
+    request = intake.StoryRequest(platform="telegram", chat_id="1", user_id="1", text="a | b",
+                                  photo=png_bytes((90, 70)))
+    with pytest.raises(intake.NotQueued, match="disk is full"):
+        await intake.start_story(queue, BotConfig(), request)
+    monkeypatch.undo()
+    assert await queue.list_jobs() == []
+    assert not any(p.is_file() for p in queue._photos_dir.rglob("*"))  # no half-written photo
+
+
 # -- texts ----------------------------------------------------------------------------------------
 def test_texts_carry_the_numbers_users_need():
     assert texts.segment_caption(0, 3, "walk") == "Segment 1/3: walk"
