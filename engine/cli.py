@@ -131,8 +131,8 @@ async def cmd_worker(cfg: AppConfig, args: argparse.Namespace) -> int:
     _stop_on_signals(stop, interrupted)
     async with await JobQueue.open(cfg.queue, cfg.data_dir.photos) as queue:
         ran = await Worker(queue, cfg.worker).run(stop, once=args.once)
-    log.info("worker ran %d job(s)", ran)
-    return EXIT_INTERRUPTED if interrupted else EXIT_OK
+    log.info("worker ran %d job(s)%s", ran, "; stopped by a signal" if interrupted else "")
+    return EXIT_OK  # SIGTERM/SIGINT is the normal way to stop a long-running worker
 
 
 async def cmd_serve(cfg: AppConfig, args: argparse.Namespace) -> int:
@@ -145,14 +145,18 @@ async def cmd_serve(cfg: AppConfig, args: argparse.Namespace) -> int:
         print("svibot serve needs --telegram and/or --discord", file=sys.stderr)
         return EXIT_USAGE
     env = os.environ
-    bot_config = BotConfig.from_env(env)
     platforms = []
-    if args.telegram:
-        from bot.telegram import run_telegram
-        platforms.append((run_telegram, TelegramConfig.from_env(env)))
-    if args.discord:
-        from bot.discord_app import run_discord
-        platforms.append((run_discord, DiscordConfig.from_env(env)))
+    try:
+        bot_config = BotConfig.from_env(env)
+        if args.telegram:
+            from bot.telegram import run_telegram
+            platforms.append((run_telegram, TelegramConfig.from_env(env)))
+        if args.discord:
+            from bot.discord_app import run_discord
+            platforms.append((run_discord, DiscordConfig.from_env(env)))
+    except ValueError as err:  # a missing token or a malformed setting, named by the message
+        print(f"svibot: {err}", file=sys.stderr)
+        return EXIT_USAGE
     for _, conf in platforms:
         install_secret_filter(conf.token)
     stop, interrupted = asyncio.Event(), []
@@ -175,7 +179,8 @@ async def cmd_serve(cfg: AppConfig, args: argparse.Namespace) -> int:
         for t in done:
             if t.exception() is not None:
                 raise t.exception()
-    return EXIT_INTERRUPTED if interrupted else EXIT_OK
+    log.info("svibot serve stopped%s", " by a signal" if interrupted else "")
+    return EXIT_OK
 
 
 async def cmd_download(cfg: AppConfig, args: argparse.Namespace) -> int:
