@@ -70,13 +70,17 @@ def check_disk(preset: Preset, files: ModelFiles, models_dir: Path) -> int:
     return needed
 
 
-def download_preset(preset: Preset | str, models_dir: Path, *, token: str | None = os.environ.get("HF_TOKEN"),
+def download_preset(preset: Preset | str, models_dir: Path, *, token: str | None = None,
                     endpoint: str | None = None, progress: bool = True,
                     file_overrides: tuple[tuple[str, str], ...] = (), local_only: bool = False) -> dict[str, Path]:
-    """Download every file of `preset` (resumable, with progress bars); returns part -> local path."""
+    """Download every file of `preset` (resumable, with progress bars); returns part -> local path.
+
+    `token` defaults to `HF_TOKEN` from the environment, read at call time.
+    """
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
+    token = token or os.environ.get("HF_TOKEN") or None
     if preset.files is None:
         return {}  # built in code, nothing to fetch
     files = preset.files.with_overrides(file_overrides)
