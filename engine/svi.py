@@ -217,7 +217,7 @@ def generate_story(
             image_latent = anchor
             motion_latent = carry[:, -1] if k > 0 else None  # z_{k-1}[:, -1], never a re-encoded frame
         else:
-            image_latent = encode_image(models, photo_frame if k == 0 else carry.numpy())
+            image_latent = encode_image(models, photo_frame if k == 0 else carry.cpu().numpy())
             motion_latent = None
         cond, mask = build_condition(image_latent, motion_latent, settings.num_latent_frames)
 
