@@ -29,6 +29,8 @@ def test_three_prompts_give_three_segments_of_new_frames(story, tiny_settings):
         assert r.carry.device.type == "cpu"
         assert r.carry.shape == (16, tiny_settings.num_latent_frames, tiny_settings.height // 8, tiny_settings.width // 8)
         assert r.seconds > 0
+    # the smoke model must stay cheap on 2 CPU cores (a few seconds; 30 s leaves room for a busy CI box)
+    assert sum(r.seconds for r in results) < 30
 
 
 def test_progress_reports_every_step_of_every_segment(story, tiny_settings):
