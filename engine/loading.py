@@ -90,13 +90,22 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _cast_keeping_fp32_modules(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast like diffusers' loaders do: rope, time embedder, norms and modulation stay fp32."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, param in model.named_parameters():
+        if not keep.intersection(name.split(".")):
+            param.data = param.data.to(dtype)
+
+
 def _build_tiny(preset: Preset, device: torch.device, dtype: torch.dtype) -> Models:
     from .tiny import TINY_MAX_SEQUENCE_LENGTH, build_tiny_components
 
     parts = build_tiny_components()
     if dtype != torch.float32:
-        for name in ("transformer", "transformer_2", "text_encoder"):
-            parts[name].to(dtype)
+        parts["text_encoder"].to(dtype)
+        for name in ("transformer", "transformer_2"):
+            _cast_keeping_fp32_modules(parts[name], dtype)
     return Models(
         **parts, device=torch.device("cpu"), dtype=dtype, preset=preset.name, label=preset.label,
         max_sequence_length=TINY_MAX_SEQUENCE_LENGTH, is_random_weights=True,
