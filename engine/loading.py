@@ -37,6 +37,8 @@ class Models:
     label: str  # e.g. "tiny (random weights)"; shown to users
     max_sequence_length: int = REAL_MAX_SEQUENCE_LENGTH
     is_random_weights: bool = False
+    plan: Any = None  # engine.placement.Plan on CUDA: where each block of each expert lives
+    streamers: Any = None  # expert name -> engine.streaming.BlockStreamer
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -73,13 +75,22 @@ def load_expert_gguf(path: Path, config_dir: Path, subfolder: str, compute_dtype
     ).eval()
 
 
-def place_models(models: Models, device: torch.device) -> None:
-    """Put every component where it runs. Today: all of it on `device`.
+def place_models(models: Models, device: torch.device, config: EngineConfig | None = None) -> None:
+    """Put every component where it runs; this is the one place weights move.
 
-    This is the one place weights move; a VRAM/RAM planner replaces the body to stream experts.
+    On CUDA the memory planner decides, block by block, which expert weights stay in VRAM and which
+    stream in from pinned RAM (or the file) within the budgets of `config`; on the CPU all stay put.
     """
-    for name in ("transformer", "transformer_2", "vae", "text_encoder"):
-        getattr(models, name).to(device)
+    if device.type == "cuda":
+        from .placement import GIB
+        from .streaming import place_by_plan
+
+        gib = lambda v: None if v is None else int(v * GIB)
+        vram, ram = (gib(config.vram_budget_gib), gib(config.ram_budget_gib)) if config else (None, None)
+        models.plan = place_by_plan(models, device, vram_budget=vram, ram_budget=ram)
+    else:
+        for name in ("transformer", "transformer_2", "vae", "text_encoder"):
+            getattr(models, name).to(device)
     models.device = device
 
 
@@ -159,7 +170,7 @@ def load_models(config: EngineConfig) -> Models:
         free_memory()
         log.info("loading preset %s on %s in %s", preset.label, device, dtype)
         models = _build_tiny(preset, device, dtype) if preset.files is None else _build_real(config, preset, dtype, paths)
-        place_models(models, device)
+        place_models(models, device, config)
         _CACHE[key] = models
         return models
 

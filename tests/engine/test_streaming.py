@@ -113,3 +113,36 @@ def test_streamed_forward_on_cuda_matches_and_pins_one_copy():
     assert torch.allclose(out, ref, rtol=1e-3, atol=1e-5)
     assert all(p.is_pinned() for p in model.blocks[0].parameters())
     assert streamer.stats.ram_bytes > 0
+
+
+@torch.no_grad()
+def test_place_by_plan_streams_the_tiny_preset_within_a_small_budget():
+    from engine.loading import Models
+    from engine.placement import MemoryNeeds, expert_sizes, module_bytes, vram_floor
+    from engine.streaming import HostTextEncoder, place_by_plan
+    from engine.tiny import build_tiny_components
+
+    def tiny_models():
+        return Models(**build_tiny_components(), device=torch.device("cpu"), dtype=torch.float32,
+                      preset="tiny", label="tiny")
+
+    text = torch.randn(1, 7, 32)  # (B, tokens, text_dim)
+    resident = tiny_models()  # the tiny preset is seeded, so both builds hold the same weights
+    ref = resident.transformer(**{**inputs(), "encoder_hidden_states": text})[0]
+    plan = place_by_plan(resident, torch.device("cpu"), vram_budget=10**12, ram_budget=10**12)
+    assert set(plan.locations("transformer") + plan.locations("transformer_2")) == {"vram"}
+    assert not isinstance(resident.text_encoder, HostTextEncoder)
+
+    models = tiny_models()
+    needs = MemoryNeeds(
+        experts=(expert_sizes("transformer", models.transformer), expert_sizes("transformer_2", models.transformer_2)),
+        vae_bytes=module_bytes(models.vae), text_encoder_bytes=0, activation_bytes=plan.needs.activation_bytes,
+    )
+    one_block = max(needs.experts[0].block_bytes)
+    plan = place_by_plan(models, torch.device("cpu"), vram_budget=vram_floor(needs) + one_block, ram_budget=10**12)
+    locs = plan.locations("transformer") + plan.locations("transformer_2")
+    assert locs.count("vram") == 1 and locs.count("ram") == len(locs) - 1
+    assert isinstance(models.text_encoder, HostTextEncoder)  # no room for it next to the experts
+    out = models.transformer(**{**inputs(), "encoder_hidden_states": text})[0]
+    assert torch.equal(out, ref)
+    assert models.streamers["transformer"].stats.copies == plan.locations("transformer").count("ram")
