@@ -132,6 +132,20 @@ def _status_bytes(key: str) -> int:
     return 0
 
 
+def smaps_rollup() -> dict:
+    """This process's resident memory split into anonymous and file-backed pages, in GiB."""
+    out = {}
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3 and parts[2] == "kB" and parts[0].rstrip(":") in ("Rss", "Anonymous", "Locked", "Shared_Clean", "Private_Clean"):
+                    out[parts[0].rstrip(":")] = int(parts[1]) / 1024**2
+    except OSError:
+        pass
+    return out
+
+
 def disk_read_bytes() -> int:
     """Bytes this process made the kernel read from storage (page-cache hits excluded)."""
     try:
@@ -367,7 +381,7 @@ def run_mode(mode: str, files: Path, size: str, out: Path) -> dict:
         marks.append(dict(t=time.perf_counter(), io=disk_read_bytes(),
                           forwards=len(forward_log),
                           waits=sum(st.stats.wait_s for st in streamers.values()),
-                          decodes=len(timed_vae.decode_s),
+                          decodes=len(timed_vae.decode_s), frees=len(free_s),
                           stream=[(s.stats.ram_bytes, s.stats.disk_bytes) for s in streamers.values()],
                           loaded=sum(e.loaded_bytes for e in experts),
                           load_s=sum(e.load_s for e in experts)))
@@ -375,6 +389,17 @@ def run_mode(mode: str, files: Path, size: str, out: Path) -> dict:
         if seg.index == 0:
             sampler.marked = True  # from here on the process is in its steady state
 
+    import engine.svi as svi
+
+    free_s: list[float] = []
+    engine_free = svi.free_memory
+
+    def timed_free():  # the story loop frees memory after every segment; its cost is part of "other"
+        t0 = time.perf_counter()
+        engine_free()
+        free_s.append(time.perf_counter() - t0)
+
+    svi.free_memory = timed_free
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     start = dict(t=time.perf_counter(), io=disk_read_bytes())
@@ -382,6 +407,11 @@ def run_mode(mode: str, files: Path, size: str, out: Path) -> dict:
     generate_story(models, photo, PROMPTS, settings, on_segment=on_segment)
     encode_s = [f.result() for f in encodes]
     pool.shutdown()
+    svi.free_memory = engine_free
+    result["smaps_rollup_steady"] = smaps_rollup()
+    if cuda:
+        stats = torch.cuda.memory_stats(device)
+        result["allocator"] = {k: stats.get(k, 0) for k in ("num_alloc_retries", "num_ooms", "num_device_alloc", "num_device_free")}
 
     # 4. Steady state = segments 2 and 3 (index 1, 2): everything between their completions
     seg_times = [marks[0]["t"] - start["t"]] + [b["t"] - a["t"] for a, b in zip(marks, marks[1:])]
@@ -415,6 +445,7 @@ def run_mode(mode: str, files: Path, size: str, out: Path) -> dict:
             streaming_waits=(b["waits"] - a["waits"]) / n,
             vae_decode=sum(timed_vae.decode_s[a["decodes"]:b["decodes"]]) / n,
             mp4_encode=sum(encode_s[1:]) / n,  # on a worker thread, overlapping the next segment
+            free_memory=sum(free_s[a["frees"]:b["frees"]]) / n,
         ),
     )
     result["breakdown"]["other"] = result["segment_s"] - sum(
