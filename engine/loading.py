@@ -65,8 +65,10 @@ def load_expert_gguf(path: Path, config_dir: Path, subfolder: str, compute_dtype
     """
     from diffusers import GGUFQuantizationConfig, WanTransformer3DModel
 
+    from .streaming import read_gguf_mapped
+
     return WanTransformer3DModel.from_single_file(
-        str(path),
+        read_gguf_mapped(path),  # views of the mapped file: no 9 GB copy in RAM before placement
         config=str(config_dir),
         subfolder=subfolder,
         quantization_config=GGUFQuantizationConfig(compute_dtype=compute_dtype),

@@ -111,9 +111,9 @@ def default_budgets(device: torch.device | str | None = None) -> tuple[int, int]
     import psutil
 
     vram = 0
-    if torch.cuda.is_available():
-        free, _total = torch.cuda.mem_get_info(device)
-        vram = free
+    device = torch.device("cuda" if device is None else device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        vram, _total = torch.cuda.mem_get_info(device)
     return vram, psutil.virtual_memory().available
 
 

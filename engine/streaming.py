@@ -86,14 +86,18 @@ class BlockStreamer:
         self._pinned_buffers: list[torch.Tensor] = []
         for i, (block, where) in enumerate(zip(blocks, locations)):
             if where == "vram":
+                old = [t for _, _, t in _tensors_of(block)] if self.cuda else []
                 block.to(self.device)
+                _page_out(old)  # a mapped file's pages leave the process as each block moves
                 continue
             host = _tensors_of(block)
             if where == "ram" and self.cuda:
-                flat, host = _pin_block(host)
+                flat, pinned = _pin_block(host)
                 self._pinned_buffers.append(flat)
-                for mod, name, t in host:  # point the module at the pinned copy; the old one is freed
+                for mod, name, t in pinned:  # point the module at the pinned copy; the old one is freed
                     _set(mod, name, t)
+                _page_out([t for _, _, t in host])
+                host = pinned
             nbytes = sum(t.numel() * t.element_size() for _, _, t in host)
             self.slots[i] = _Slot(block=block, source=where, host=host, nbytes=nbytes)
             self._order.append(i)
@@ -240,7 +244,67 @@ def place_model(
             model._buffers[name] = b.to(device)
     streamer = BlockStreamer(model.blocks, locations, device, measure_waits=measure_waits)
     streamer._handles.append(model.register_forward_pre_hook(lambda _m, _a: streamer.prefetch_first()))
+    release_host_memory()
     return streamer
+
+
+def read_gguf_mapped(path) -> dict[str, torch.Tensor]:
+    """A GGUF file's tensors as views of a copy-on-write mapping, quantized ones as GGUFParameter.
+
+    diffusers' own reader copies every tensor into RAM; these views cost nothing until read, and
+    the planner's placement pages each block out of the process again once it has moved.
+    """
+    import warnings
+
+    import gguf
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    reader = gguf.GGUFReader(str(path), mode="c")  # "c": a stray write makes a private copy, never a crash
+    plain = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch warns that numpy views may be read-only
+        for t in reader.tensors:
+            data = torch.from_numpy(t.data)
+            out[t.name] = data if t.tensor_type in plain else GGUFParameter(data, quant_type=t.tensor_type)
+    return out
+
+
+def _page_out(tensors: Sequence[torch.Tensor]) -> None:
+    """Ask the kernel to drop these host tensors' pages from the process (file-backed pages go at once)."""
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    madv_pageout = 21  # Linux 5.4+; older kernels answer EINVAL and nothing happens
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return
+    for t in tensors:
+        if t.device.type != "cpu" or t.is_pinned():
+            continue
+        start = -(-t.data_ptr() // page) * page
+        end = (t.data_ptr() + t.numel() * t.element_size()) // page * page
+        if end > start:
+            libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), madv_pageout)
+
+
+def release_host_memory() -> None:
+    """Hand freed heap pages back to the OS.
+
+    The GGUF loader's tensors are mostly under glibc's mmap threshold (which grows up to 32 MB),
+    so once they move to VRAM or into pinned buffers their pages stay in the heap and count
+    against the RAM budget until trimmed.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def place_by_plan(models, device: torch.device, vram_budget: int | None = None, ram_budget: int | None = None,
