@@ -17,7 +17,7 @@ from storage.errors import NotAnImage
 
 from .appconfig import AppConfig
 from .presets import get_preset
-from .worker import Worker, job_settings
+from .worker import Worker, resolve_settings
 
 SETTING_FLAGS = ("num_inference_steps", "guidance_scale", "chaining", "quality")
 TERMINAL = ("done", "failed", "cancelled")
@@ -37,17 +37,17 @@ async def run_story(cfg: AppConfig, args: argparse.Namespace, stop: asyncio.Even
         raise NotAnImage(f"cannot read the photo {str(args.photo)!r}: {err.strerror}") from None
     prompts = parse_prompts(args.story, cfg.limits)
     settings = story_settings(cfg, args)
+    resolve_settings(settings, cfg.engine)  # a bad --steps or --guidance stops here, before queueing
     preset = get_preset(cfg.engine.preset)
     if preset.is_random_weights:
         print(f"svibot: preset {preset.label}: the output is noise from random weights; it only "
               "exercises the pipeline. Use a real preset (e.g. --preset q4_k_m) on a GPU.", file=sys.stderr)
 
     async with await JobQueue.open(cfg.queue, cfg.data_dir.photos) as queue:
-        # 2. Queue it like any front end would, then check the settings resolve.
+        # 2. Queue it like any front end would.
         job = await queue.enqueue(NewJob(platform="cli", chat_id="local", user_id=getpass.getuser(),
                                          photo=photo, prompts=prompts, settings=settings,
                                          photo_suffix=args.photo.suffix.lower() or ".img"), cfg.limits)
-        job_settings(job, cfg.engine)
         print(f"svibot: job #{job.id} queued ({len(prompts)} segments, preset {preset.name}, seed {args.seed})",
               file=sys.stderr)
         # 3. Run the worker here until our job ends, and follow its events.

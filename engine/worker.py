@@ -43,13 +43,16 @@ class _Stop(Exception):
     """Raised through the engine when the worker is shutting down (not a user cancel)."""
 
 
-def job_settings(job: Job, engine: EngineConfig) -> tuple[str, GenerationSettings]:
-    """The preset and generation settings a job asks for, on top of the preset's defaults."""
-    preset = get_preset(job.settings.get("preset") or engine.preset)
+def resolve_settings(settings: dict[str, Any], engine: EngineConfig) -> tuple[str, GenerationSettings]:
+    """The preset and generation settings a job's settings ask for, on top of the preset's defaults.
+
+    Bad values raise `BadSetting`; callers check before queueing, the worker again before loading.
+    """
+    preset = get_preset(settings.get("preset") or engine.preset)
     base = preset.settings
-    if job.settings.get("quality"):
-        base = base.with_quality(job.settings["quality"])
-    extra = {k: v for k, v in job.settings.items() if k not in JOB_ONLY_KEYS}
+    if settings.get("quality"):
+        base = base.with_quality(settings["quality"])
+    extra = {k: v for k, v in settings.items() if k not in JOB_ONLY_KEYS}
     return preset.name, GenerationSettings.from_dict({**base.to_dict(), **extra})
 
 
@@ -147,7 +150,7 @@ class Worker:
 
         heartbeat = asyncio.create_task(self._heartbeat_loop(job, state))
         try:
-            preset_name, settings = job_settings(job, self.config.engine)
+            preset_name, settings = resolve_settings(job.settings, self.config.engine)
             done = await self.queue.segments(job.id)
             start = len(done)
             state["segment"] = state["start"] = start

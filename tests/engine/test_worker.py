@@ -259,6 +259,7 @@ def test_story_cli_json(tmp_path):
     (["story", "/nonexistent.jpg", "walk"], 2, "cannot read the photo"),
     (["story", str(REPO / "pyproject.toml"), "walk"], 2, "not an image"),
     (["story", str(PHOTO), "walk", "--preset", "q9_z"], 2, "preset must be one of"),
+    (["story", str(PHOTO), "walk", "--preset", "tiny", "--steps", "0"], 2, "num_inference_steps must be in [1, 100] but is 0"),
 ])
 def test_story_cli_bad_input(tmp_path, argv, code, message):
     env = {**os.environ, "SVIBOT_DATA_DIR": str(tmp_path / "data")}
