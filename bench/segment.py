@@ -353,10 +353,16 @@ def run_mode(mode: str, files: Path, size: str, out: Path) -> dict:
         print(format_plan(plan), flush=True)
         result["plan"] = format_plan(plan).splitlines()
         experts = []
+        phases = result["rss_phases_gib"] = []
+        snap = lambda label: phases.append(
+            (label, *(round(_status_bytes(k) / GIB, 2) for k in ("VmRSS", "RssAnon", "RssFile"))))
+        snap("before experts")
         for name in SUBFOLDERS:
             m = load_expert_gguf(paths[name], files / "configs", name, dtype)
+            snap(f"{name} loaded")
             streamers[name] = place_model(m, plan.locations(name), device, measure_waits=True)
             free_memory()
+            snap(f"{name} placed")
             experts.append(Expert(forward_log, module=m))
         result["pcie_bytes_per_forward"] = {n: plan.streamed_bytes_per_forward(n) for n in SUBFOLDERS}
     sync()

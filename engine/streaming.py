@@ -84,11 +84,12 @@ class BlockStreamer:
         self._order: list[int] = []  # streamed block indices in forward order
         self._handles = []
         self._pinned_buffers: list[torch.Tensor] = []
+        spans = _file_mappings() if self.cuda else []  # where a mapped GGUF file's pages live
         for i, (block, where) in enumerate(zip(blocks, locations)):
             if where == "vram":
                 old = [t for _, _, t in _tensors_of(block)] if self.cuda else []
                 block.to(self.device)
-                _page_out(old)  # a mapped file's pages leave the process as each block moves
+                _page_out(old, spans)  # a mapped file's pages leave the process as each block moves
                 continue
             host = _tensors_of(block)
             if where == "ram" and self.cuda:
@@ -96,7 +97,7 @@ class BlockStreamer:
                 self._pinned_buffers.append(flat)
                 for mod, name, t in pinned:  # point the module at the pinned copy; the old one is freed
                     _set(mod, name, t)
-                _page_out([t for _, _, t in host])
+                _page_out([t for _, _, t in host], spans)
                 host = pinned
             nbytes = sum(t.numel() * t.element_size() for _, _, t in host)
             self.slots[i] = _Slot(block=block, source=where, host=host, nbytes=nbytes)
@@ -270,24 +271,46 @@ def read_gguf_mapped(path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _page_out(tensors: Sequence[torch.Tensor]) -> None:
-    """Ask the kernel to drop these host tensors' pages from the process (file-backed pages go at once)."""
+def _file_mappings() -> list[tuple[int, int]]:
+    """(start, end) of this process's private file mappings, from /proc/self/maps (empty elsewhere)."""
+    spans = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split()
+                # address perms offset dev inode [path]: a private mapping of a real file
+                if len(parts) >= 6 and parts[1].endswith("p") and parts[4] != "0" and parts[5].startswith("/"):
+                    lo, hi = parts[0].split("-")
+                    spans.append((int(lo, 16), int(hi, 16)))
+    except OSError:
+        pass
+    return spans
+
+
+def _page_out(tensors: Sequence[torch.Tensor], spans: list[tuple[int, int]]) -> None:
+    """Drop the pages of these host tensors that lie in a mapped file from the process's memory.
+
+    Only file-backed ranges are touched: there MADV_DONTNEED just forgets clean pages, which the
+    file still holds; anonymous memory is left alone, since there it would zero live data.
+    """
     import ctypes
     import mmap
 
-    page = mmap.PAGESIZE
-    madv_pageout = 21  # Linux 5.4+; older kernels answer EINVAL and nothing happens
+    if not spans:
+        return
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
         return
+    page = mmap.PAGESIZE
     for t in tensors:
-        if t.device.type != "cpu" or t.is_pinned():
+        if t.device.type != "cpu":
             continue
-        start = -(-t.data_ptr() // page) * page
-        end = (t.data_ptr() + t.numel() * t.element_size()) // page * page
-        if end > start:
-            libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), madv_pageout)
+        lo, hi = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+        for a, b in spans:
+            start, end = -(-max(lo, a) // page) * page, min(hi, b) // page * page
+            if end > start:
+                libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), mmap.MADV_DONTNEED)
 
 
 def release_host_memory() -> None:

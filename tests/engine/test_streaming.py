@@ -146,3 +146,34 @@ def test_place_by_plan_streams_the_tiny_preset_within_a_small_budget():
     out = models.transformer(**{**inputs(), "encoder_hidden_states": text})[0]
     assert torch.equal(out, ref)
     assert models.streamers["transformer"].stats.copies == plan.locations("transformer").count("ram")
+
+
+def test_mapped_gguf_pages_can_be_dropped_without_changing_values(tmp_path):
+    import gguf
+
+    from engine.streaming import _file_mappings, _page_out, read_gguf_mapped
+
+    w = np.random.default_rng(1).standard_normal((64, 4096)).astype(np.float32)  # ~1 MB: many pages
+    writer = gguf.GGUFWriter(str(tmp_path / "t.gguf"), arch="wan")
+    writer.add_tensor("blocks.0.ffn.0.weight", w)
+    writer.add_tensor("blocks.0.ffn.2.weight", gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0),
+                      raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    sd = read_gguf_mapped(tmp_path / "t.gguf")
+    plain, quant = sd["blocks.0.ffn.0.weight"], sd["blocks.0.ffn.2.weight"]
+    assert quant.quant_type == gguf.GGMLQuantizationType.Q8_0
+    before = (plain.clone(), quant.clone())
+    anon = torch.randn(64, 4096)
+    anon_before = anon.clone()
+    spans = _file_mappings()
+    assert any(a <= plain.data_ptr() < b for a, b in spans)
+    assert not any(a <= anon.data_ptr() < b for a, b in spans)
+    _page_out([plain, quant, anon], spans)
+    # File pages come back from the file; the anonymous tensor was never touched.
+    assert torch.equal(plain, before[0]) and torch.equal(quant, before[1])
+    assert torch.equal(plain.reshape(64, 4096), torch.from_numpy(w))
+    assert torch.equal(anon, anon_before)
