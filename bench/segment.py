@@ -114,10 +114,15 @@ class MemorySampler(threading.Thread):
         self.peak = self.peak_anon = self.steady = 0
         self.marked = False
         self.stop = False
+        self.phase = "start"  # set by the run, so the peak can be traced to what caused it
+        self.at_peak: dict = {}
 
     def run(self) -> None:
         while not self.stop:
             rss, anon = _status_bytes("VmRSS"), _status_bytes("RssAnon")
+            if rss > self.peak:
+                self.at_peak = {"phase": self.phase, **{k: round(_status_bytes(k) / GIB, 2)
+                                                        for k in ("VmRSS", "RssAnon", "RssFile", "RssShmem")}}
             self.peak, self.peak_anon = max(self.peak, rss), max(self.peak_anon, anon)
             if self.marked:
                 self.steady = max(self.steady, rss)
@@ -287,6 +292,7 @@ def run_mode(mode: str, files: Path, size: str, out: Path) -> dict:
     breakdown: dict = {}
 
     # 1. Text: every prompt in one pass, then the encoder is freed before the experts arrive
+    sampler.phase = "text encoder"
     t = time.perf_counter()
     te = build_text_encoder(size, device, dtype)
     sync()
@@ -311,6 +317,7 @@ def run_mode(mode: str, files: Path, size: str, out: Path) -> dict:
     free_memory()
 
     # 2. Placement
+    sampler.phase = "placement"
     t = time.perf_counter()
     paths = {name: files / fname for name, fname in SUBFOLDERS.items()}
     vae = build_vae(size, device, dtype)
@@ -358,8 +365,10 @@ def run_mode(mode: str, files: Path, size: str, out: Path) -> dict:
             (label, *(round(_status_bytes(k) / GIB, 2) for k in ("VmRSS", "RssAnon", "RssFile"))))
         snap("before experts")
         for name in SUBFOLDERS:
+            sampler.phase = f"loading {name}"
             m = load_expert_gguf(paths[name], files / "configs", name, dtype)
             snap(f"{name} loaded")
+            sampler.phase = f"placing {name}"
             streamers[name] = place_model(m, plan.locations(name), device, measure_waits=True)
             free_memory()
             snap(f"{name} placed")
@@ -392,6 +401,7 @@ def run_mode(mode: str, files: Path, size: str, out: Path) -> dict:
                           loaded=sum(e.loaded_bytes for e in experts),
                           load_s=sum(e.load_s for e in experts)))
         encodes.append(pool.submit(timed_write, seg.frames, files / f"{mode}_segment{seg.index}.mp4"))
+        sampler.phase = f"after segment {seg.index}"
         if seg.index == 0:
             sampler.marked = True  # from here on the process is in its steady state
 
@@ -408,6 +418,7 @@ def run_mode(mode: str, files: Path, size: str, out: Path) -> dict:
     svi.free_memory = timed_free
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
+    sampler.phase = "segment 0"
     start = dict(t=time.perf_counter(), io=disk_read_bytes())
     photo = ROOT / "examples" / "chelsea.jpg"
     generate_story(models, photo, PROMPTS, settings, on_segment=on_segment)
@@ -438,6 +449,7 @@ def run_mode(mode: str, files: Path, size: str, out: Path) -> dict:
         peak_vram_allocated_gib=torch.cuda.max_memory_allocated(device) / GIB if cuda else 0.0,
         peak_rss_gib=sampler.peak / GIB,
         peak_rss_anon_gib=sampler.peak_anon / GIB,
+        rss_at_peak=sampler.at_peak,
         peak_rss_steady_gib=sampler.steady / GIB,
         disk_bytes_per_segment=(stream_disk_steady + b["loaded"] - a["loaded"]) / n,
         disk_read_bytes_per_segment_proc=(b["io"] - a["io"]) / n if a["io"] >= 0 else None,
