@@ -87,7 +87,8 @@ class BlockStreamer:
         spans = _file_mappings() if self.cuda else []  # where a mapped GGUF file's pages live
         for i, (block, where) in enumerate(zip(blocks, locations)):
             if where == "vram":
-                old = [t for _, _, t in _tensors_of(block)] if self.cuda else []
+                # detach(): Module.to() swaps .data in place, so keep views of the host storage itself
+                old = [t.detach() for _, _, t in _tensors_of(block)] if self.cuda else []
                 block.to(self.device)
                 _page_out(old, spans)  # a mapped file's pages leave the process as each block moves
                 continue
