@@ -313,7 +313,7 @@ def run_mode(mode: str, files: Path, size: str, out: Path) -> dict:
     sync()
     breakdown["text"] = time.perf_counter() - t
     models.text_encoder = ReplayEncoder(captured["ids"], captured["hidden"])
-    del te, record
+    te = record = None  # the encoder goes before the experts arrive
     free_memory()
 
     # 2. Placement

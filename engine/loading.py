@@ -65,7 +65,7 @@ def load_expert_gguf(path: Path, config_dir: Path, subfolder: str, compute_dtype
     """
     from diffusers import GGUFQuantizationConfig, WanTransformer3DModel
 
-    from .streaming import read_gguf_mapped
+    from .host_memory import read_gguf_mapped
 
     return WanTransformer3DModel.from_single_file(
         read_gguf_mapped(path),  # views of the mapped file: no 9 GB copy in RAM before placement

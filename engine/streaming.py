@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from engine.host_memory import file_mappings, page_out, release_host_memory
 from engine.placement import Location
 
 
@@ -84,13 +85,13 @@ class BlockStreamer:
         self._order: list[int] = []  # streamed block indices in forward order
         self._handles = []
         self._pinned_buffers: list[torch.Tensor] = []
-        spans = _file_mappings() if self.cuda else []  # where a mapped GGUF file's pages live
+        spans = file_mappings() if self.cuda else []  # where a mapped GGUF file's pages live
         for i, (block, where) in enumerate(zip(blocks, locations)):
             if where == "vram":
                 # detach(): Module.to() swaps .data in place, so keep views of the host storage itself
                 old = [t.detach() for _, _, t in _tensors_of(block)] if self.cuda else []
                 block.to(self.device)
-                _page_out(old, spans)  # a mapped file's pages leave the process as each block moves
+                page_out(old, spans)  # a mapped file's pages leave the process as each block moves
                 continue
             host = _tensors_of(block)
             if where == "ram" and self.cuda:
@@ -98,7 +99,7 @@ class BlockStreamer:
                 self._pinned_buffers.append(flat)
                 for mod, name, t in pinned:  # point the module at the pinned copy; the old one is freed
                     _set(mod, name, t)
-                _page_out([t for _, _, t in host], spans)
+                page_out([t for _, _, t in host], spans)
                 host = pinned
             nbytes = sum(t.numel() * t.element_size() for _, _, t in host)
             self.slots[i] = _Slot(block=block, source=where, host=host, nbytes=nbytes)
@@ -248,87 +249,6 @@ def place_model(
     streamer._handles.append(model.register_forward_pre_hook(lambda _m, _a: streamer.prefetch_first()))
     release_host_memory()
     return streamer
-
-
-def read_gguf_mapped(path) -> dict[str, torch.Tensor]:
-    """A GGUF file's tensors as views of a copy-on-write mapping, quantized ones as GGUFParameter.
-
-    diffusers' own reader copies every tensor into RAM; these views cost nothing until read, and
-    the planner's placement pages each block out of the process again once it has moved.
-    """
-    import warnings
-
-    import gguf
-    from diffusers.quantizers.gguf.utils import GGUFParameter
-
-    reader = gguf.GGUFReader(str(path), mode="c")  # "c": a stray write makes a private copy, never a crash
-    plain = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
-    out = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # torch warns that numpy views may be read-only
-        for t in reader.tensors:
-            data = torch.from_numpy(t.data)
-            out[t.name] = data if t.tensor_type in plain else GGUFParameter(data, quant_type=t.tensor_type)
-    return out
-
-
-def _file_mappings() -> list[tuple[int, int]]:
-    """(start, end) of this process's private file mappings, from /proc/self/maps (empty elsewhere)."""
-    spans = []
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                parts = line.split()
-                # address perms offset dev inode [path]: a private mapping of a real file
-                if len(parts) >= 6 and parts[1].endswith("p") and parts[4] != "0" and parts[5].startswith("/"):
-                    lo, hi = parts[0].split("-")
-                    spans.append((int(lo, 16), int(hi, 16)))
-    except OSError:
-        pass
-    return spans
-
-
-def _page_out(tensors: Sequence[torch.Tensor], spans: list[tuple[int, int]]) -> None:
-    """Drop the pages of these host tensors that lie in a mapped file from the process's memory.
-
-    Only file-backed ranges are touched: there MADV_DONTNEED just forgets clean pages, which the
-    file still holds; anonymous memory is left alone, since there it would zero live data.
-    """
-    import ctypes
-    import mmap
-
-    if not spans:
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return
-    page = mmap.PAGESIZE
-    for t in tensors:
-        if t.device.type != "cpu":
-            continue
-        lo, hi = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
-        for a, b in spans:
-            start, end = -(-max(lo, a) // page) * page, min(hi, b) // page * page
-            if end > start:
-                libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), mmap.MADV_DONTNEED)
-
-
-def release_host_memory() -> None:
-    """Hand freed heap pages back to the OS.
-
-    The GGUF loader's tensors are mostly under glibc's mmap threshold (which grows up to 32 MB),
-    so once they move to VRAM or into pinned buffers their pages stay in the heap and count
-    against the RAM budget until trimmed.
-    """
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
 
 
 def place_by_plan(models, device: torch.device, vram_budget: int | None = None, ram_budget: int | None = None,

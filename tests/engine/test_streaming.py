@@ -151,7 +151,7 @@ def test_place_by_plan_streams_the_tiny_preset_within_a_small_budget():
 def test_mapped_gguf_pages_can_be_dropped_without_changing_values(tmp_path):
     import gguf
 
-    from engine.streaming import _file_mappings, _page_out, read_gguf_mapped
+    from engine.host_memory import file_mappings, page_out, read_gguf_mapped
 
     w = np.random.default_rng(1).standard_normal((64, 4096)).astype(np.float32)  # ~1 MB: many pages
     writer = gguf.GGUFWriter(str(tmp_path / "t.gguf"), arch="wan")
@@ -169,10 +169,10 @@ def test_mapped_gguf_pages_can_be_dropped_without_changing_values(tmp_path):
     before = (plain.clone(), quant.clone())
     anon = torch.randn(64, 4096)
     anon_before = anon.clone()
-    spans = _file_mappings()
+    spans = file_mappings()
     assert any(a <= plain.data_ptr() < b for a, b in spans)
     assert not any(a <= anon.data_ptr() < b for a, b in spans)
-    _page_out([plain, quant, anon], spans)
+    page_out([plain, quant, anon], spans)
     # File pages come back from the file; the anonymous tensor was never touched.
     assert torch.equal(plain, before[0]) and torch.equal(quant, before[1])
     assert torch.equal(plain.reshape(64, 4096), torch.from_numpy(w))
