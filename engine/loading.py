@@ -39,6 +39,7 @@ class Models:
     is_random_weights: bool = False
     plan: Any = None  # engine.placement.Plan on CUDA: where each block of each expert lives
     streamers: Any = None  # expert name -> engine.streaming.BlockStreamer
+    text_cache: Any = None  # engine.textcache.TextCache: prompt embeddings on disk, None to always encode
 
 
 def resolve_device(name: str | None) -> torch.device:

@@ -202,7 +202,13 @@ def generate_story(
     # 2. Encode every prompt in one pass (plus the negative prompt when guidance needs it)
     use_negative = settings.guidance_scale > 1.0
     texts = list(prompts) + ([settings.negative_prompt] if use_negative else [])
-    embeds = encode_prompts(models, texts)  # (N, L, text_dim)
+    if models.text_cache is not None:  # re-rolls and repeated prompts skip the text encoder
+        from .textcache import encode_cached
+
+        embeds = encode_cached(texts, models.text_cache, lambda missing: encode_prompts(models, missing))
+        embeds = embeds.to(models.device, models.dtype)  # (N, L, text_dim)
+    else:
+        embeds = encode_prompts(models, texts)  # (N, L, text_dim)
     negative_embeds = embeds[-1:] if use_negative else None
     free_memory()
 
