@@ -94,10 +94,10 @@ def _gguf_preset(name: str, expert_gb: float) -> Preset:
         "vae": 0.25 * GB,
         "text_encoder": 11.4 * GB,  # UMT5-XXL in bf16
         "tokenizer": 0.02 * GB,
-        "svi_high": 0.6 * GB,  # rank 128
-        "svi_low": 0.6 * GB,
-        "lightx2v_high": 0.3 * GB,  # rank 64
-        "lightx2v_low": 0.3 * GB,
+        "svi_high": 1_226_928_552,  # rank 128, 800 tensors: the size the release lists
+        "svi_low": 1_226_928_552,
+        "lightx2v_high": 0.62 * GB,  # rank 64: half the rank-128 SVI file
+        "lightx2v_low": 0.62 * GB,
     }
     return Preset(name=name, files=files, sizes=sizes, settings=GenerationSettings())
 
