@@ -62,6 +62,7 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> AppConfig:
     engine = EngineConfig(
         preset=getattr(args, "preset", None) or env.get("SVIBOT_PRESET") or default_preset(),
         models_dir=data_dir.models,
+        cache_dir=data_dir.cache,
         device=env.get("SVIBOT_DEVICE") or None,
         dtype=env.get("SVIBOT_DTYPE") or None,
         file_overrides=_file_overrides(files),

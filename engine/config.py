@@ -130,6 +130,7 @@ class EngineConfig:
     use_loras: bool = True  # False runs plain Wan 2.2 (use with chaining="last-frame")
     vram_budget_gib: float | None = None  # for the block-streaming planner
     ram_budget_gib: float | None = None
+    cache_dir: Path | None = None  # prompt embeddings are cached under cache_dir/text; None: no cache
 
     def __post_init__(self) -> None:
         from .presets import PRESETS, ModelFiles

@@ -40,6 +40,13 @@ class Models:
     plan: Any = None  # engine.placement.Plan on CUDA: where each block of each expert lives
     streamers: Any = None  # expert name -> engine.streaming.BlockStreamer
     text_cache: Any = None  # engine.textcache.TextCache: prompt embeddings on disk, None to always encode
+    place_pending: Any = None  # callable placing the experts, while load_models leaves the GPU to the text encoder
+
+    def ensure_placed(self) -> None:
+        """Place the experts if `load_models` deferred it until the first prompts were encoded."""
+        if self.place_pending is not None:
+            place, self.place_pending = self.place_pending, None
+            place()
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -84,6 +91,8 @@ def place_models(models: Models, device: torch.device, config: EngineConfig | No
     On CUDA the memory planner decides, block by block, which expert weights stay in VRAM and which
     stream in from pinned RAM (or the file) within the budgets of `config`; on the CPU all stay put.
     """
+    from .text_encoder import LazyTextEncoder
+
     if device.type == "cuda":
         from .placement import GIB
         from .streaming import place_by_plan
@@ -93,8 +102,11 @@ def place_models(models: Models, device: torch.device, config: EngineConfig | No
         models.plan = place_by_plan(models, device, vram_budget=vram, ram_budget=ram)
     else:
         for name in ("transformer", "transformer_2", "vae", "text_encoder"):
-            getattr(models, name).to(device)
+            if not isinstance(getattr(models, name), LazyTextEncoder):
+                getattr(models, name).to(device)
     models.device = device
+    if isinstance(models.text_encoder, LazyTextEncoder):
+        models.text_encoder.experts_placed = True  # from now on it streams through the VRAM left free
 
 
 def free_memory() -> None:
@@ -127,10 +139,13 @@ def _build_tiny(preset: Preset, device: torch.device, dtype: torch.dtype) -> Mod
 
 
 def _build_real(config: EngineConfig, preset: Preset, dtype: torch.dtype, paths: dict[str, Path]) -> Models:
+    import tempfile
+
     from diffusers import AutoencoderKLWan
-    from transformers import AutoTokenizer, UMT5EncoderModel
+    from transformers import AutoTokenizer
 
     from .lora import apply_loras
+    from .text_encoder import LazyTextEncoder
 
     configs = preset.config_dir or wan22_config_dir()
     high = load_expert_gguf(paths["high"], configs, "transformer", dtype)
@@ -138,11 +153,14 @@ def _build_real(config: EngineConfig, preset: Preset, dtype: torch.dtype, paths:
     vae = AutoencoderKLWan.from_single_file(
         str(paths["vae"]), config=str(configs), subfolder="vae", torch_dtype=dtype, local_files_only=True
     ).eval()
-    text_encoder = UMT5EncoderModel.from_pretrained(paths["text_encoder"], torch_dtype=dtype).eval()
+    # UMT5-XXL (11 GB) never sits in host RAM: it is read from its files when prompts miss the cache
+    offload = (config.cache_dir or Path(tempfile.gettempdir()) / "svibot") / "text_encoder_offload"
+    device = resolve_device(config.device)
+    text_encoder = LazyTextEncoder(paths["text_encoder"], device, dtype, offload)
     tokenizer = AutoTokenizer.from_pretrained(paths["tokenizer"])
     models = Models(
         transformer=high, transformer_2=low, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-        device=torch.device("cpu"), dtype=dtype, preset=preset.name, label=preset.label,
+        device=device, dtype=dtype, preset=preset.name, label=preset.label,  # experts follow at ensure_placed
     )
     if config.use_loras:
         apply_loras(models, paths, config.lora_strengths)
@@ -159,7 +177,7 @@ def load_models(config: EngineConfig) -> Models:
     device = resolve_device(config.device)
     dtype = resolve_dtype(device, config.dtype)
     key = (config.preset, config.file_overrides, str(device), str(dtype), config.lora_strengths,
-           config.use_loras, str(config.models_dir))
+           config.use_loras, str(config.models_dir), str(config.cache_dir))
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
@@ -173,7 +191,18 @@ def load_models(config: EngineConfig) -> Models:
         free_memory()
         log.info("loading preset %s on %s in %s", preset.label, device, dtype)
         models = _build_tiny(preset, device, dtype) if preset.files is None else _build_real(config, preset, dtype, paths)
-        place_models(models, device, config)
+        if preset.files is None:
+            place_models(models, device, config)
+        else:
+            # The first job's prompts are encoded with the whole GPU free; `ensure_placed` follows.
+            models.place_pending = lambda: place_models(models, device, config)
+            log.info("experts are placed after the first job's prompts are encoded")
+            if config.cache_dir is not None:
+                from .textcache import TextCache
+
+                files = preset.files.with_overrides(config.file_overrides)
+                encoder_id = f"{files.text_encoder_repo}/{files.text_encoder_folder}:{dtype}@{models.max_sequence_length}"
+                models.text_cache = TextCache(Path(config.cache_dir) / "text", encoder_id)
         _CACHE[key] = models
         return models
 

@@ -47,7 +47,7 @@ class Plan:
     """Where each component lives. `blocks[i]` pairs an expert's name with one location per block."""
 
     blocks: tuple[tuple[str, tuple[Location, ...]], ...]
-    text_encoder: Literal["vram", "ram"]  # runs before the experts are placed, then is freed
+    text_encoder: Literal["vram", "ram", "file"]  # "file": engine.text_encoder.LazyTextEncoder, read per job
     needs: MemoryNeeds
     vram_budget: int
     ram_budget: int
@@ -194,7 +194,11 @@ def _interleaved(experts: Sequence[ExpertSizes]) -> list[tuple[int, int]]:
 def format_plan(plan: Plan) -> str:
     """One line per component with its size and where it lives, then the totals against the budgets."""
     n = plan.needs
-    lines = [f"text_encoder   {_gib(n.text_encoder_bytes):>10}  {plan.text_encoder} (encodes all prompts first, then freed)"]
+    where = {"vram": "vram (encodes all prompts first, then freed)", "ram": "ram (runs on the host)",
+             "file": "file -> vram, only for prompts not in the cache: the whole model before the experts are "
+                     "placed, after that layers streamed from disk through the free VRAM; freed after each job, "
+                     "never held in RAM"}[plan.text_encoder]
+    lines = [f"text_encoder   {_gib(n.text_encoder_bytes):>10}  {where}"]
     for sizes, (name, locs) in zip(n.experts, plan.blocks):
         parts = []
         for where in ("vram", "ram", "disk"):

@@ -6,7 +6,7 @@ Exactly one host copy of each streamed block is kept (pinned for RAM, the mmappe
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import torch
@@ -266,30 +266,36 @@ def place_by_plan(models, device: torch.device, vram_budget: int | None = None, 
         plan_placement,
     )
 
+    from engine.text_encoder import LazyTextEncoder
+
     s = settings or GenerationSettings()
     cfg = models.transformer.config
-    parts = (models.transformer, models.transformer_2, models.vae, models.text_encoder)
+    lazy = isinstance(models.text_encoder, LazyTextEncoder)  # holds no weights; read from its files per job
+    te_bytes = models.text_encoder.nbytes if lazy else module_bytes(models.text_encoder)
+    parts = (models.transformer, models.transformer_2, models.vae) + (() if lazy else (models.text_encoder,))
     free_vram, free_ram = default_budgets(device)
     on_host = sum(module_bytes(m) for m in parts if next(m.parameters()).device.type == "cpu")
     tokens = s.num_latent_frames * (s.height // 16) * (s.width // 16)  # after the 1x2x2 patching
     needs = MemoryNeeds(
         experts=(expert_sizes("transformer", models.transformer), expert_sizes("transformer_2", models.transformer_2)),
         vae_bytes=module_bytes(models.vae),
-        text_encoder_bytes=module_bytes(models.text_encoder),
+        text_encoder_bytes=0 if lazy else te_bytes,  # a lazy encoder needs neither budget beside the experts
         activation_bytes=estimate_activation_bytes(tokens, cfg.num_attention_heads * cfg.attention_head_dim,
                                                    cfg.ffn_dim, s.height, s.width, models.dtype.itemsize),
     )
     plan = plan_placement(needs, free_vram if vram_budget is None else vram_budget,
                           free_ram + on_host if ram_budget is None else ram_budget)
+    if lazy:
+        plan = replace(plan, needs=replace(plan.needs, text_encoder_bytes=te_bytes), text_encoder="file")
     logging.getLogger(__name__).info("memory plan:\n%s", format_plan(plan))
     models.vae.to(device)
     models.streamers = {
         name: place_model(getattr(models, name), plan.locations(name), device) for name in ("transformer", "transformer_2")
     }
-    # The text encoder shares VRAM with the experts only when both fit; otherwise it runs on the host.
-    if plan.vram_bytes + needs.text_encoder_bytes <= plan.vram_budget:
+    # An eager text encoder shares VRAM with the experts only when both fit; otherwise it runs on the host.
+    if not lazy and plan.vram_bytes + needs.text_encoder_bytes <= plan.vram_budget:
         models.text_encoder.to(device)
-    else:
+    elif not lazy:
         models.text_encoder = HostTextEncoder(models.text_encoder, device)
     return plan
 

@@ -211,6 +211,7 @@ def generate_story(
         embeds = encode_prompts(models, texts)  # (N, L, text_dim)
     negative_embeds = embeds[-1:] if use_negative else None
     free_memory()
+    models.ensure_placed()  # the first job places the experts only now, so the encoder had the whole GPU
 
     # 3. Encode the anchor once per story
     anchor = encode_image(models, photo_frame) if settings.chaining == "svi-pro" else None  # (16, 1, h, w)

@@ -1,0 +1,115 @@
+"""UMT5 read from its safetensors only when prompts miss the cache, run once per job, then freed.
+
+Before the experts are placed it gets the whole GPU; afterwards its layers stream from disk through free VRAM.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+log = logging.getLogger(__name__)
+
+MIB = 1024**2
+
+
+@dataclass(frozen=True)
+class EncodeStats:
+    mode: str  # "whole" (all layers on the device, experts not placed yet) or "offload" (layers from disk)
+    seconds: float  # load + forward + free
+    disk_bytes: int  # encoder weights read from its files for this job (once per job, never per segment)
+    streamed_bytes: int  # of those, read from disk during the forward because they did not fit in memory
+
+
+class LazyTextEncoder:
+    """Called like `UMT5EncoderModel(input_ids, attention_mask)`; holds no weights between calls.
+
+    Until `experts_placed` is set, a call loads the whole encoder onto `device` straight from the
+    mapped safetensors. After, accelerate places what fits in `max_vram` (default: free VRAM less
+    `vram_margin`) and `host_bytes` of RAM and reads the remaining layers from disk as they run.
+    """
+
+    def __init__(self, path: Path, device: torch.device, dtype: torch.dtype, offload_dir: Path,
+                 vram_margin: int = 1024 * MIB, host_bytes: int = 256 * MIB, max_vram: int | None = None) -> None:
+        self.path, self.device, self.dtype, self.offload_dir = Path(path), torch.device(device), dtype, Path(offload_dir)
+        self.vram_margin, self.host_bytes, self.max_vram = vram_margin, host_bytes, max_vram
+        self.experts_placed = False
+        self.loads = 0  # how many times the weights were read, for tests and logs
+        self.last: EncodeStats | None = None
+        self.last_module: weakref.ref | None = None  # dead once the encoder is freed
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the weights in the compute dtype, from the safetensors headers (nothing is read)."""
+        from safetensors import safe_open
+
+        numel = 0
+        for f in sorted(self.path.glob("*.safetensors")):
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    n = 1
+                    for d in st.get_slice(key).get_shape():
+                        n *= d
+                    numel += n
+        if numel == 0:
+            raise FileNotFoundError(f"no *.safetensors weights in text encoder folder {self.path}")
+        return numel * self.dtype.itemsize
+
+    def _max_memory(self) -> dict:
+        if self.device.type != "cuda":
+            return {"cpu": self.host_bytes}
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        vram = self.max_vram
+        if vram is None:
+            torch.cuda.empty_cache()
+            free, _total = torch.cuda.mem_get_info(index)
+            vram = max(free - self.vram_margin, 0)
+        return {index: vram, "cpu": self.host_bytes}
+
+    def _load(self):
+        from transformers import UMT5EncoderModel
+
+        self.loads += 1
+        if not self.experts_placed:
+            model = UMT5EncoderModel.from_pretrained(self.path, dtype=self.dtype, device_map={"": self.device})
+            return model.eval(), "whole", 0
+        self.offload_dir.mkdir(parents=True, exist_ok=True)
+        model = UMT5EncoderModel.from_pretrained(
+            self.path, dtype=self.dtype, device_map="auto", max_memory=self._max_memory(),
+            offload_folder=str(self.offload_dir),
+        ).eval()
+        # accelerate leaves offloaded weights on the meta device and loads them at each module's forward
+        streamed = sum(p.numel() * p.element_size() for p in model.parameters() if p.device.type == "meta")
+        return model, "offload", streamed
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        started = time.perf_counter()
+        model, mode, streamed = self._load()
+        self.last_module = weakref.ref(model)
+        try:
+            with torch.inference_mode():
+                # the execution device, where the first layer's hook expects the inputs
+                first = next((p.device for p in model.parameters() if p.device.type != "meta"), self.device)
+                run_on = self.device if mode == "offload" else first
+                mask = attention_mask.to(run_on) if attention_mask is not None else None
+                hidden = model(input_ids=input_ids.to(run_on), attention_mask=mask).last_hidden_state
+                hidden = hidden.to(self.device)
+        finally:
+            del model
+            gc.collect()  # accelerate's hooks hold reference cycles to the modules
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        self.last = EncodeStats(mode=mode, seconds=time.perf_counter() - started, disk_bytes=self.nbytes,
+                                streamed_bytes=streamed)
+        log.info("text encoder ran %s (%s) for %d prompts in %.1f s; read %.2f GiB from disk for this job, "
+                 "%.2f GiB of it streamed during the forward", mode,
+                 "whole model on the device before the experts were placed" if mode == "whole"
+                 else "layers beyond free VRAM read from disk as they run", input_ids.shape[0],
+                 self.last.seconds, self.last.disk_bytes / 1024**3, streamed / 1024**3)
+        return SimpleNamespace(last_hidden_state=hidden)
