@@ -141,18 +141,16 @@ def _build_tiny(preset: Preset, device: torch.device, dtype: torch.dtype) -> Mod
 def _build_real(config: EngineConfig, preset: Preset, dtype: torch.dtype, paths: dict[str, Path]) -> Models:
     import tempfile
 
-    from diffusers import AutoencoderKLWan
     from transformers import AutoTokenizer
 
     from .lora import apply_loras
     from .text_encoder import LazyTextEncoder
+    from .vae_file import load_vae
 
     configs = preset.config_dir or wan22_config_dir()
     high = load_expert_gguf(paths["high"], configs, "transformer", dtype)
     low = load_expert_gguf(paths["low"], configs, "transformer_2", dtype)
-    vae = AutoencoderKLWan.from_single_file(
-        str(paths["vae"]), config=str(configs), subfolder="vae", torch_dtype=dtype, local_files_only=True
-    ).eval()
+    vae = load_vae(paths["vae"], configs, dtype)  # checks the file's keys against the packaged config
     # UMT5-XXL (11 GB) never sits in host RAM: it is read from its files when prompts miss the cache
     offload = (config.cache_dir or Path(tempfile.gettempdir()) / "svibot") / "text_encoder_offload"
     device = resolve_device(config.device)
