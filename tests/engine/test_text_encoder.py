@@ -1,0 +1,91 @@
+"""The lazy UMT5: read from its files only on a cache miss, same embeddings as the eager encoder, freed after."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from transformers import UMT5EncoderModel
+
+from engine.config import EngineConfig
+from engine.download import download_preset
+from engine.loading import load_models, unload_models
+from engine.placement import GIB, ExpertSizes, MemoryNeeds, format_plan, plan_placement
+from engine.presets import PRESETS, ModelFiles, Preset
+from engine.svi import encode_prompts, generate_story
+from engine.text_encoder import LazyTextEncoder
+from engine.tiny import build_tiny_components
+from engine_helpers import make_photo
+from fake_hub import FakeHub
+from test_real_preset_path import REPO, tiny_repo  # noqa: F401  (module fixture: the preset's files, tiny)
+
+
+def eager_embeddings(models, path, texts):
+    eager = UMT5EncoderModel.from_pretrained(path, dtype=torch.float32).eval()
+    return encode_prompts(replace(models, text_encoder=eager), texts)
+
+
+def test_loaded_only_on_a_cache_miss_and_freed(tiny_repo, tmp_path, monkeypatch):  # noqa: F811
+    repos, configs = tiny_repo
+    r = REPO
+    files = ModelFiles(high_repo=r, high_file="HighNoise/high.gguf", low_repo=r, low_file="LowNoise/low.gguf",
+                       vae_repo=r, vae_file="vae.safetensors", text_encoder_repo=r, tokenizer_repo=r,
+                       svi_high_repo=r, svi_high_file="svi_high.safetensors",
+                       svi_low_repo=r, svi_low_file="svi_low.safetensors",
+                       lightx2v_high_repo=r, lightx2v_high_file="l_high.safetensors",
+                       lightx2v_low_repo=r, lightx2v_low_file="l_low.safetensors")
+    preset = Preset(name="tiny_te", files=files, sizes={}, settings=replace(PRESETS["tiny"].settings, num_frames=5),
+                    config_dir=configs)
+    monkeypatch.setitem(PRESETS, "tiny_te", preset)
+    with FakeHub(repos) as hub:
+        download_preset("tiny_te", tmp_path / "models", endpoint=hub.endpoint, progress=False, token=None)
+    try:
+        models = load_models(EngineConfig(preset="tiny_te", models_dir=tmp_path / "models", device="cpu",
+                                          use_loras=False, cache_dir=tmp_path / "cache"))
+        te = models.text_encoder
+        assert isinstance(te, LazyTextEncoder) and te.loads == 0 and models.place_pending is not None
+        assert models.text_cache.encoder_id == f"{r}/text_encoder:torch.float32@{models.max_sequence_length}"
+
+        generate_story(models, make_photo(), ["walk"], preset.settings)
+        assert (te.loads, te.last.mode) == (1, "whole")  # the first job, before the experts were placed
+        assert te.last_module() is None  # freed: nothing references the module any more
+        assert models.place_pending is None and te.experts_placed
+        expected = eager_embeddings(models, te.path, ["walk"])
+        assert torch.equal(models.text_cache.get("walk")[None], expected)
+
+        generate_story(models, make_photo(), ["walk"], preset.settings)  # a re-roll: cache hit
+        assert te.loads == 1
+
+        te.host_bytes = 1024  # a later job with new text streams most layers from disk
+        generate_story(models, make_photo(), ["jump"], preset.settings)
+        assert (te.loads, te.last.mode) == (2, "offload")
+        assert te.last.streamed_bytes > 0 and te.last_module() is None
+        assert torch.equal(models.text_cache.get("jump")[None], eager_embeddings(models, te.path, ["jump"]))
+    finally:
+        unload_models()
+
+
+def test_disk_offload_gives_the_same_embeddings(tmp_path):
+    parts = build_tiny_components()
+    parts["text_encoder"].save_pretrained(tmp_path / "te")
+    tok = parts["tokenizer"](["a cat", "a dog walks home"], padding="max_length", max_length=16,
+                             return_tensors="pt")
+    eager = UMT5EncoderModel.from_pretrained(tmp_path / "te", dtype=torch.float32).eval()
+    with torch.inference_mode():
+        expected = eager(tok.input_ids, tok.attention_mask).last_hidden_state
+
+    te = LazyTextEncoder(tmp_path / "te", torch.device("cpu"), torch.float32, tmp_path / "offload", host_bytes=1024)
+    te.experts_placed = True
+    got = te(tok.input_ids, tok.attention_mask).last_hidden_state
+    assert torch.equal(got, expected)
+    assert te.last.mode == "offload" and 0 < te.last.streamed_bytes <= te.last.disk_bytes == te.nbytes
+    assert te.last_module() is None
+
+
+def test_plan_says_where_the_lazy_encoder_runs():
+    needs = MemoryNeeds(experts=(ExpertSizes("transformer", (GIB,) * 4, 0),), vae_bytes=0, text_encoder_bytes=0,
+                        activation_bytes=GIB)
+    plan = plan_placement(needs, 8 * GIB, 8 * GIB)
+    plan = replace(plan, needs=replace(needs, text_encoder_bytes=11 * GIB), text_encoder="file")
+    line = format_plan(plan).splitlines()[0]
+    assert "11.00 GiB" in line and "before the experts are placed" in line and "never held in RAM" in line
