@@ -32,7 +32,7 @@ class LazyTextEncoder:
 
     Until `experts_placed` is set, a call loads the whole encoder onto `device` straight from the
     mapped safetensors. After, accelerate places what fits in `max_vram` (default: free VRAM less
-    `vram_margin`) and `host_bytes` of RAM and reads the remaining layers from disk as they run.
+    `vram_margin` and the largest weight) and `host_bytes` of RAM and reads the rest from disk as it runs.
     """
 
     def __init__(self, path: Path, device: torch.device, dtype: torch.dtype, offload_dir: Path,
@@ -44,22 +44,25 @@ class LazyTextEncoder:
         self.last: EncodeStats | None = None
         self.last_module: weakref.ref | None = None  # dead once the encoder is freed
 
-    @property
-    def nbytes(self) -> int:
-        """Size of the weights in the compute dtype, from the safetensors headers (nothing is read)."""
+    def _tensor_bytes(self) -> list[int]:
+        """Size of each weight in the compute dtype, from the safetensors headers (nothing is read)."""
         from safetensors import safe_open
 
-        numel = 0
+        sizes = []
         for f in sorted(self.path.glob("*.safetensors")):
             with safe_open(str(f), framework="pt") as st:
                 for key in st.keys():
-                    n = 1
+                    n = self.dtype.itemsize
                     for d in st.get_slice(key).get_shape():
                         n *= d
-                    numel += n
-        if numel == 0:
+                    sizes.append(n)
+        if not sizes:
             raise FileNotFoundError(f"no *.safetensors weights in text encoder folder {self.path}")
-        return numel * self.dtype.itemsize
+        return sizes
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self._tensor_bytes())
 
     def _max_memory(self) -> dict:
         if self.device.type != "cuda":
@@ -69,7 +72,10 @@ class LazyTextEncoder:
         if vram is None:
             torch.cuda.empty_cache()
             free, _total = torch.cuda.mem_get_info(index)
-            vram = max(free - self.vram_margin, 0)
+            # transformers reserves the GPU share in one block before loading; its leftover can be
+            # too fragmented for the largest weight (the 2 GB embedding), which then needs fresh VRAM
+            # (an H100 run with 4 GiB free and only the margin ran out of memory exactly so)
+            vram = max(free - self.vram_margin - max(self._tensor_bytes()), 0)
         return {index: vram, "cpu": self.host_bytes}
 
     def _load(self):
@@ -94,9 +100,9 @@ class LazyTextEncoder:
         self.last_module = weakref.ref(model)
         try:
             with torch.inference_mode():
-                # the execution device, where the first layer's hook expects the inputs
-                first = next((p.device for p in model.parameters() if p.device.type != "meta"), self.device)
-                run_on = self.device if mode == "offload" else first
+                # accelerate runs offloaded layers on the first accelerator in the map, or on the CPU
+                gpus = [d for d in getattr(model, "hf_device_map", {}).values() if d not in ("cpu", "disk")]
+                run_on = self.device if mode == "whole" or gpus else torch.device("cpu")
                 mask = attention_mask.to(run_on) if attention_mask is not None else None
                 hidden = model(input_ids=input_ids.to(run_on), attention_mask=mask).last_hidden_state
                 hidden = hidden.to(self.device)
