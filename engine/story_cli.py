@@ -91,10 +91,13 @@ async def follow(queue: JobQueue, job_id: int, num_segments: int, worker_task: a
             for event in await queue.pending_events("cli", job_id=job_id):
                 p = event.payload
                 if event.kind == "progress":
-                    step_bar.total = p["num_steps"]
-                    step_bar.n = p["step"]
-                    step_bar.set_description(f"segment {p['segment'] + 1}/{p['num_segments']}")
+                    desc = f"segment {p['segment'] + 1}/{p['num_segments']}"
+                    if step_bar.desc != desc:  # a new segment restarts the step bar and its rate
+                        step_bar.reset(total=p["num_steps"])
+                        step_bar.set_description(desc)
+                    step_bar.update(max(0, p["step"] - step_bar.n))
                 elif event.kind == "segment":
+                    step_bar.update(max(0, (step_bar.total or 0) - step_bar.n))  # its last steps were throttled away
                     seg_bar.update(1)
                     tqdm.write(f"segment {p['index'] + 1}/{p['num_segments']}: {p['video_path']}", file=sys.stdout)
                     sys.stdout.flush()
