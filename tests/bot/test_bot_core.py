@@ -127,6 +127,19 @@ async def test_start_story_checks_before_queueing_and_sets_a_seed(queue):
     assert len(await queue.list_jobs()) == 1
 
 
+async def test_queued_reply_says_when_no_gpu_worker_is_online(queue):
+    from storage import WorkerId
+
+    request = intake.StoryRequest(platform="telegram", chat_id="1", user_id="1", text="walk", photo=png_bytes())
+    cfg = BotConfig(max_active_jobs=5)
+    alone = await intake.start_story(queue, cfg, request)
+    assert "No GPU worker is online right now; your job is queued" in alone.text
+    await queue.worker_seen(WorkerId.current(), "tiny")
+    served = await intake.start_story(queue, cfg, request)
+    assert served.workers_online == 1 and "No GPU worker" not in served.text
+    assert [j.state for j in await queue.list_jobs()] == ["queued", "queued"]
+
+
 async def test_full_disk_refuses_the_story_clearly_and_queues_nothing(queue, monkeypatch):
     import errno
 
