@@ -8,7 +8,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from telegram import BotCommand, Update
+from telegram import BotCommand
 from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter
 from telegram.ext import (
     Application,

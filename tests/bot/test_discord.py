@@ -23,7 +23,7 @@ from PIL import Image
 from bot.config import BotConfig, DiscordConfig, remove_secret_filter
 from bot.discord_app import NO_IMAGE, run_discord
 from bot.discord_delivery import spoiler_for
-from storage.config import DataDir, QueueConfig
+from storage.config import DataDir
 from storage.queue import JobQueue, WorkerId
 from tests.fakes.discord_api import FakeDiscord
 
@@ -44,17 +44,6 @@ async def fake(monkeypatch) -> AsyncIterator[FakeDiscord]:
         monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(url))
         yield fake
     remove_secret_filter(TOKEN)
-
-
-@pytest.fixture
-def data_dir(tmp_path) -> DataDir:
-    return DataDir(tmp_path / "data")
-
-
-@pytest.fixture
-async def queue(data_dir) -> AsyncIterator[JobQueue]:
-    async with await JobQueue.open(QueueConfig(db_path=data_dir.db_path), data_dir.photos) as queue:
-        yield queue
 
 
 @pytest.fixture

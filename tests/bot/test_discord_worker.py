@@ -8,10 +8,8 @@ from engine.config import EngineConfig
 from engine.worker import Worker, WorkerConfig
 from tests.bot.test_discord import (  # noqa: F401  (fixtures)
     bot_config,
-    data_dir,
     decoded_frames,
     fake,
-    queue,
     reply_of,
     running_bot,
     send_story,

@@ -67,15 +67,20 @@ def tiny_repo(tmp_path_factory) -> tuple[dict, dict]:
     return {REPO: files}, configs
 
 
+def tiny_repo_files() -> ModelFiles:
+    """Every part of a preset, named as `tiny_repo` writes them into the fake Hub's repo."""
+    r = REPO
+    return ModelFiles(high_repo=r, high_file="HighNoise/high.gguf", low_repo=r, low_file="LowNoise/low.gguf",
+                      vae_repo=r, vae_file="vae.safetensors", text_encoder_repo=r, tokenizer_repo=r,
+                      svi_high_repo=r, svi_high_file="svi_high.safetensors",
+                      svi_low_repo=r, svi_low_file="svi_low.safetensors",
+                      lightx2v_high_repo=r, lightx2v_high_file="l_high.safetensors",
+                      lightx2v_low_repo=r, lightx2v_low_file="l_low.safetensors")
+
+
 def test_download_then_load_then_generate(tiny_repo, tmp_path, monkeypatch):
     repos, configs = tiny_repo
-    r = REPO
-    files = ModelFiles(high_repo=r, high_file="HighNoise/high.gguf", low_repo=r, low_file="LowNoise/low.gguf",
-                       vae_repo=r, vae_file="vae.safetensors", text_encoder_repo=r, tokenizer_repo=r,
-                       svi_high_repo=r, svi_high_file="svi_high.safetensors",
-                       svi_low_repo=r, svi_low_file="svi_low.safetensors",
-                       lightx2v_high_repo=r, lightx2v_high_file="l_high.safetensors",
-                       lightx2v_low_repo=r, lightx2v_low_file="l_low.safetensors")
+    files = tiny_repo_files()
     preset = Preset(name="tiny_gguf", files=files, sizes={}, settings=replace(PRESETS["tiny"].settings, num_frames=9),
                     config_dir=configs)
     monkeypatch.setitem(PRESETS, "tiny_gguf", preset)

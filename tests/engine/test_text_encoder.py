@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import pytest
 import torch
 from transformers import UMT5EncoderModel
 
@@ -11,13 +10,13 @@ from engine.config import EngineConfig
 from engine.download import download_preset
 from engine.loading import load_models, unload_models
 from engine.placement import GIB, ExpertSizes, MemoryNeeds, format_plan, plan_placement
-from engine.presets import PRESETS, ModelFiles, Preset
+from engine.presets import PRESETS, Preset
 from engine.svi import encode_prompts, generate_story
 from engine.text_encoder import LazyTextEncoder
 from engine.tiny import build_tiny_components
 from engine_helpers import make_photo
 from fake_hub import FakeHub
-from test_real_preset_path import REPO, tiny_repo  # noqa: F401  (module fixture: the preset's files, tiny)
+from test_real_preset_path import REPO, tiny_repo, tiny_repo_files  # noqa: F401  (tiny_repo is a fixture)
 
 
 def eager_embeddings(models, path, texts):
@@ -27,13 +26,7 @@ def eager_embeddings(models, path, texts):
 
 def test_loaded_only_on_a_cache_miss_and_freed(tiny_repo, tmp_path, monkeypatch):  # noqa: F811
     repos, configs = tiny_repo
-    r = REPO
-    files = ModelFiles(high_repo=r, high_file="HighNoise/high.gguf", low_repo=r, low_file="LowNoise/low.gguf",
-                       vae_repo=r, vae_file="vae.safetensors", text_encoder_repo=r, tokenizer_repo=r,
-                       svi_high_repo=r, svi_high_file="svi_high.safetensors",
-                       svi_low_repo=r, svi_low_file="svi_low.safetensors",
-                       lightx2v_high_repo=r, lightx2v_high_file="l_high.safetensors",
-                       lightx2v_low_repo=r, lightx2v_low_file="l_low.safetensors")
+    files = tiny_repo_files()
     preset = Preset(name="tiny_te", files=files, sizes={}, settings=replace(PRESETS["tiny"].settings, num_frames=5),
                     config_dir=configs)
     monkeypatch.setitem(PRESETS, "tiny_te", preset)
@@ -44,7 +37,7 @@ def test_loaded_only_on_a_cache_miss_and_freed(tiny_repo, tmp_path, monkeypatch)
                                           use_loras=False, cache_dir=tmp_path / "cache"))
         te = models.text_encoder
         assert isinstance(te, LazyTextEncoder) and te.loads == 0 and models.place_pending is not None
-        assert models.text_cache.encoder_id == f"{r}/text_encoder:torch.float32@{models.max_sequence_length}"
+        assert models.text_cache.encoder_id == f"{REPO}/text_encoder:torch.float32@{models.max_sequence_length}"
 
         generate_story(models, make_photo(), ["walk"], preset.settings)
         assert (te.loads, te.last.mode) == (1, "whole")  # the first job, before the experts were placed

@@ -8,7 +8,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from storage import CorruptDatabase, JobQueue, Limits, NewJob, QueueConfig, parse_prompts
+from storage import CorruptDatabase, JobQueue, Limits, QueueConfig, parse_prompts
 from storage.errors import (
     EmptyPrompt,
     NotAnImage,
