@@ -53,7 +53,7 @@ async def run_story(cfg: AppConfig, args: argparse.Namespace, stop: asyncio.Even
         # 3. Run the worker here until our job ends, and follow its events.
         worker = Worker(queue, replace(cfg.worker, progress_interval_s=0.25))
         worker_task = asyncio.create_task(worker.run(stop, until_job=job.id))
-        await follow(queue, job.id, len(prompts), worker_task)
+        outcome = await follow(queue, job.id, len(prompts), worker_task)
         await worker_task
         final = await queue.get_job(job.id)
         segments = await queue.segments(job.id)
@@ -70,20 +70,22 @@ async def run_story(cfg: AppConfig, args: argparse.Namespace, stop: asyncio.Even
     else:
         print(f"svibot: job #{job.id} {final.state}: {final.error or 'cancelled'}", file=sys.stderr)
     if args.json:
-        from .video import probe_num_frames
         print(json.dumps({
             "job_id": job.id, "state": final.state, "preset": preset.name, "error": final.error,
             "segments": [s.video_path for s in segments],
             "frames": [s.num_frames for s in segments],
             "seconds_per_segment": [round(s.gen_seconds, 3) for s in segments],
             "final_path": final.final_path,
-            "final_frames": probe_num_frames(final.final_path) if final.final_path else None,
+            "final_frames": outcome.get("num_frames"),  # counted from the stitched file by the worker
         }))
     return 0 if final.state == "done" else 1
 
 
-async def follow(queue: JobQueue, job_id: int, num_segments: int, worker_task: asyncio.Task) -> None:
-    """Draw progress bars from the job's cli events and print each segment as it lands."""
+async def follow(queue: JobQueue, job_id: int, num_segments: int, worker_task: asyncio.Task) -> dict:
+    """Draw progress bars from the job's cli events and print each segment as it lands.
+
+    Returns the payload of the job's final event ({} if the worker stopped first)."""
+    outcome: dict = {}
     seg_bar = tqdm(total=num_segments, desc="segments", unit="seg", position=0, file=sys.stderr, leave=True)
     step_bar = tqdm(total=1, desc="steps", unit="step", position=1, file=sys.stderr, leave=False)
     try:
@@ -101,12 +103,15 @@ async def follow(queue: JobQueue, job_id: int, num_segments: int, worker_task: a
                     seg_bar.update(1)
                     tqdm.write(f"segment {p['index'] + 1}/{p['num_segments']}: {p['video_path']}", file=sys.stdout)
                     sys.stdout.flush()
+                elif event.kind in TERMINAL:
+                    outcome = p
                 await queue.mark_delivered(event.id)
             job = await queue.get_job(job_id)
-            if job.state in TERMINAL and not await queue.pending_events("cli", job_id=job_id):
-                return
-            if worker_task.done():
-                return
+            if job.state in TERMINAL:
+                if not await queue.pending_events("cli", job_id=job_id):
+                    return outcome  # every event of the finished job was shown
+            elif worker_task.done():
+                return outcome  # the worker stopped (a signal) and left the job queued
             await asyncio.sleep(0.1)
     finally:
         step_bar.close()
