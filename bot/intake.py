@@ -15,7 +15,7 @@ from typing import Any
 from storage.errors import DiskFull, InputError, JobNotFound, NotAllowed
 from storage.models import ACTIVE_STATES, Job, NewJob
 from storage.queue import JobQueue
-from storage.validate import check_photo, parse_prompts
+from storage.validate import parse_prompts
 
 from . import access, texts
 from .config import BotConfig
@@ -77,10 +77,11 @@ async def preflight(queue: JobQueue, config: BotConfig, *, platform: str, user_i
 
 
 async def start_story(queue: JobQueue, config: BotConfig, request: StoryRequest) -> Queued:
-    """Check access, limits, prompts and photo, then queue the job. Nothing is queued on error."""
+    """Check access, limits and prompts, then queue the job; `enqueue` checks the photo.
+
+    Nothing is queued on error."""
     prompts = await preflight(queue, config, platform=request.platform, user_id=request.user_id,
                               chat_id=request.chat_id, text=request.text, chat_ids=request.chat_ids)
-    check_photo(request.photo, config.limits)
     seed = new_seed() if request.seed is None else request.seed
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed is {seed}; it must be between 0 and {MAX_SEED}")
