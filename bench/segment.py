@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.config import GenerationSettings  # noqa: E402
-from engine.placement import GIB, ExpertSizes, MemoryNeeds, estimate_activation_bytes, format_plan, plan_placement  # noqa: E402
+from engine.memory.planner import GIB, ExpertSizes, MemoryNeeds, estimate_activation_bytes, format_plan, plan_placement  # noqa: E402
 
 PROMPTS = [
     "a cat walks slowly toward the camera",
@@ -54,7 +54,7 @@ SIZES = {
 
 # ---- files ------------------------------------------------------------------------------------
 def transformer_config(size: str) -> dict:
-    from engine.presets import wan22_config_dir
+    from engine.models.presets import wan22_config_dir
 
     cfg = json.loads((wan22_config_dir() / "transformer" / "config.json").read_text())
     cfg.update(SIZES[size].transformer)
@@ -179,7 +179,7 @@ class Expert:
             for other in self.siblings:
                 if other is not self:
                     other.module = None
-            from engine.loading import free_memory
+            from engine.models.loading import free_memory
 
             free_memory()
             t = time.perf_counter()
@@ -226,7 +226,7 @@ class ReplayEncoder:
 
 
 def forward_flops(cfg: dict, tokens: int, text_tokens: int) -> float:
-    """PERF_NOTES.md's count for one transformer forward (1.68 PFLOP at 32,760 tokens)."""
+    """The counted FLOPs of one transformer forward (1.68 PFLOP at 32,760 tokens)."""
     d, ffn, L = cfg["num_attention_heads"] * cfg["attention_head_dim"], cfg["ffn_dim"], tokens
     per_block = 8 * L * d * d + 4 * L * d * d + 4 * text_tokens * d * d + 4 * L * d * ffn + 4 * L * L * d
     return per_block * cfg["num_layers"]
@@ -251,18 +251,18 @@ def build_vae(size: str, device, dtype):
     from diffusers import AutoencoderKLWan
 
     if SIZES[size].vae_config == "tiny":
-        from engine.tiny import TINY_VAE
+        from engine.models.tiny import TINY_VAE
 
         vae = AutoencoderKLWan(**TINY_VAE)
     else:
-        from engine.presets import wan22_config_dir
+        from engine.models.presets import wan22_config_dir
 
         vae = AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(str(wan22_config_dir() / "vae")))
     return vae.to(device, dtype).eval()
 
 
 def build_tokenizer(size: str):
-    from engine.tiny import build_tokenizer as tiny_tokenizer
+    from engine.models.tiny import build_tokenizer as tiny_tokenizer
 
     tok = tiny_tokenizer()
     tok.model_max_length = SIZES[size].seq_len
@@ -271,8 +271,8 @@ def build_tokenizer(size: str):
 
 # ---- one mode ---------------------------------------------------------------------------------
 def run_mode(mode: str, files: Path, size: str, out: Path) -> dict:
-    from engine.loading import Models, free_memory, load_expert_gguf
-    from engine.streaming import place_model
+    from engine.models.loading import Models, free_memory, load_expert_gguf
+    from engine.memory.streaming import place_model
     from engine.svi import encode_prompts, generate_story
     from engine.video import write_mp4
 
@@ -482,7 +482,7 @@ def run_mode(mode: str, files: Path, size: str, out: Path) -> dict:
 @torch.inference_mode()
 def check_exactness(model, streamer, device, dtype, cfg) -> dict:
     """One forward with every other block streamed from pinned RAM against the all-resident forward."""
-    from engine.streaming import place_model
+    from engine.memory.streaming import place_model
 
     g = torch.Generator(device).manual_seed(3)
     x = torch.randn(1, 36, 21, 30, 52, device=device, dtype=dtype, generator=g)  # (B, C, T, h, w): 8,190 tokens

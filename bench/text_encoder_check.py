@@ -1,4 +1,4 @@
-"""GPU check of engine.text_encoder: whole-model and VRAM-limited disk-offload runs give the same embeddings.
+"""GPU check of engine.models.text_encoder: whole-model and VRAM-limited disk-offload runs give the same embeddings.
 
 A UMT5 of full width with fewer layers (random weights) is saved once; each run is its own process so its peak RSS is its own.
 """
@@ -35,7 +35,7 @@ def make(folder: Path, layers: int, device: str) -> None:
 
 
 def encode(folder: Path, mode: str, headroom_gib: float, out: Path, device: str) -> dict:
-    from engine.text_encoder import LazyTextEncoder
+    from engine.models.text_encoder import LazyTextEncoder
 
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(2, 256000, (3, 512), generator=g)

@@ -6,12 +6,25 @@ restart without the bot remembering which messages it sent. Their callbacks call
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import discord
 
-if TYPE_CHECKING:
-    from .discord_app import SviClient
+
+class StoryActions(Protocol):
+    """What the buttons and the modal ask of the client (`discord_app.SviClient` provides it)."""
+
+    async def press_cancel(self, interaction: discord.Interaction, job_id: int) -> None: ...
+
+    async def press_reroll(self, interaction: discord.Interaction, job_id: int) -> None: ...
+
+    async def start_story(self, interaction: discord.Interaction, prompts: str, image: Any, seed: int | None) -> None: ...
+
+    async def on_button_error(self, interaction: discord.Interaction, error: Exception) -> None: ...
+
+
+def _actions(interaction: discord.Interaction) -> StoryActions:
+    return interaction.client  # type: ignore[return-value]
 
 CANCEL_ID = "svibot:cancel:{job_id}"
 REROLL_ID = "svibot:reroll:{job_id}"
@@ -32,11 +45,11 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"svibot:
                              match: re.Match[str], /) -> "CancelButton":
         return cls(int(match["job_id"]))
 
-    async def callback(self, interaction: discord.Interaction["SviClient"]) -> None:
+    async def callback(self, interaction: discord.Interaction) -> None:
         try:
-            await interaction.client.press_cancel(interaction, self.job_id)
+            await _actions(interaction).press_cancel(interaction, self.job_id)
         except Exception as err:
-            await interaction.client.on_button_error(interaction, err)
+            await _actions(interaction).on_button_error(interaction, err)
 
 
 class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"svibot:reroll:(?P<job_id>[0-9]+)"):
@@ -53,11 +66,11 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"svibot:
                              match: re.Match[str], /) -> "RerollButton":
         return cls(int(match["job_id"]))
 
-    async def callback(self, interaction: discord.Interaction["SviClient"]) -> None:
+    async def callback(self, interaction: discord.Interaction) -> None:
         try:
-            await interaction.client.press_reroll(interaction, self.job_id)
+            await _actions(interaction).press_reroll(interaction, self.job_id)
         except Exception as err:
-            await interaction.client.on_button_error(interaction, err)
+            await _actions(interaction).on_button_error(interaction, err)
 
 
 def status_view(job_id: int, *, active: bool) -> discord.ui.View:
@@ -80,8 +93,8 @@ class StoryModal(discord.ui.Modal, title="Make a story"):
         super().__init__(timeout=15 * 60)
         self.image = image
 
-    async def on_submit(self, interaction: discord.Interaction["SviClient"]) -> None:
-        await interaction.client.start_story(interaction, self.prompts.value, self.image, None)
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await _actions(interaction).start_story(interaction, self.prompts.value, self.image, None)
 
-    async def on_error(self, interaction: discord.Interaction["SviClient"], error: Exception, /) -> None:
-        await interaction.client.on_button_error(interaction, error)
+    async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:
+        await _actions(interaction).on_button_error(interaction, error)

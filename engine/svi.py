@@ -1,6 +1,6 @@
 """SVI 2.0 Pro story generation: one Wan 2.2 I2V segment per prompt, chained by latent carry-over.
 
-`generate_story` reads top to bottom like SVI_NOTES.md: anchor once, then per segment build the
+`generate_story` reads top to bottom like the SVI 2.0 Pro pipeline: anchor once, then per segment build the
 conditioning, denoise with the high- then low-noise expert, decode and drop the overlap.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from storage.errors import BadSetting, EmptyPrompt
 
 from .config import GenerationSettings
 from .errors import Cancelled
-from .loading import Models, free_memory
+from .models.loading import Models, free_memory
 from .photo import fit_photo, image_to_array, is_portrait, load_photo
 
 OVERLAP_FRAMES = 5  # segment k > 0 re-creates the anchor frame plus the 4 frames of the motion latent
@@ -203,7 +203,7 @@ def generate_story(
     use_negative = settings.guidance_scale > 1.0
     texts = list(prompts) + ([settings.negative_prompt] if use_negative else [])
     if models.text_cache is not None:  # re-rolls and repeated prompts skip the text encoder
-        from .textcache import encode_cached
+        from .models.text_cache import encode_cached
 
         embeds = encode_cached(texts, models.text_cache, lambda missing: encode_prompts(models, missing))
         embeds = embeds.to(models.device, models.dtype)  # (N, L, text_dim)

@@ -18,10 +18,11 @@ import torch
 from storage import DataDir, DiskFull, InputError, Job, JobQueue, LeaseLost, WorkerId
 from storage.files import atomic_path
 
-from .config import EngineConfig, GenerationSettings
+from .config import GenerationSettings
+from .models.config import EngineConfig
 from .errors import Cancelled
-from .loading import free_memory, load_models, unload_models
-from .presets import get_preset
+from .models.loading import free_memory, load_models, unload_models
+from .models.presets import get_preset
 from .svi import Progress, SegmentResult, generate_story
 from .video import probe_num_frames, stitch, write_mp4
 

@@ -15,7 +15,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from engine.presets import GB, PRESETS
+from engine.models.presets import GB, PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "colab_host.ipynb"
@@ -77,8 +77,8 @@ def test_code_cells_are_short_and_hold_no_engine_logic():
             assert banned not in source, f"{banned!r} in a notebook cell:\n{source}"
         # The engine is only called through `svibot`; the notebook reads the preset size table and the
         # packaged sample photo, nothing else.
-        assert set(re.findall(r"\bengine\.(\w+)", source)) <= {"presets"}, source
-        for names in re.findall(r"from engine\.presets import ([\w, ]+)", source):
+        assert set(re.findall(r"\bengine\.([\w.]+)", source)) <= {"models.presets"}, source
+        for names in re.findall(r"from engine\.models\.presets import ([\w, ]+)", source):
             assert {n.strip() for n in names.split(",")} <= {"GB", "PRESETS"}, source
         assert set(re.findall(r"\bfrom storage\.(\w+)", source)) <= {"backup"}, source
 
@@ -152,8 +152,12 @@ def test_run_helper_streams_lines_keeps_carriage_returns_and_raises_on_failure(c
 def test_stop_server_ends_only_a_svibot_server_and_its_group(tmp_path):
     ns = run_cells("Helper: at most one background", DATA_DIR=str(tmp_path))
     assert ns["server_pid"]() is None
-    (tmp_path / "serve.pid").write_text(str(os.getpid()))  # not a svibot process: left alone
-    assert ns["server_pid"]() is None
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "serve.pid").write_text(str(other.pid))  # not a svibot process: left alone
+        assert ns["server_pid"]() is None
+    finally:
+        other.kill()
     server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "svibot", "serve"],
                               start_new_session=True)
     (tmp_path / "serve.pid").write_text(str(server.pid))
@@ -186,7 +190,7 @@ def svibot_shim(bin_dir: Path) -> None:
     """`svibot` on PATH for the kernel, running this checkout's CLI (as `pip install` would)."""
     bin_dir.mkdir()
     shim = bin_dir / "svibot"
-    shim.write_text(f"#!{sys.executable}\nimport sys\nfrom engine.cli import main\nsys.exit(main())\n")
+    shim.write_text(f"#!{sys.executable}\nimport sys\nfrom svibot.cli import main\nsys.exit(main())\n")
     shim.chmod(0o755)
 
 

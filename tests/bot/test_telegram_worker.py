@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from engine.config import EngineConfig
+from engine.models.config import EngineConfig
 from engine.worker import Worker, WorkerConfig
 from tests.fakes.scripted_worker import count_frames
 

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import EngineConfig, GenerationSettings
-from engine.loading import load_models
-from engine.presets import PRESETS
-from engine_helpers import PROMPTS, Recording, make_photo, record_story
+from engine.config import GenerationSettings
+from engine.models.config import EngineConfig
+from engine.models.loading import load_models
+from engine.models.presets import PRESETS
+from tests.support.engine_helpers import PROMPTS, Recording, make_photo, record_story
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import WAN_NEGATIVE_PROMPT, EngineConfig, GenerationSettings, default_preset
-from engine.presets import PRESETS
+from engine.config import WAN_NEGATIVE_PROMPT, GenerationSettings
+from engine.models.config import EngineConfig, default_preset
+from engine.models.presets import PRESETS
 from storage.errors import BadSetting
 
 
@@ -84,7 +85,7 @@ def test_package_import_is_light():
     import subprocess
     import sys
 
-    code = "import sys, engine, engine.errors, engine.config, engine.presets; print('torch' in sys.modules)"
+    code = "import sys, engine, engine.errors, engine.config, engine.models.presets; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[2], check=True)
     assert out.stdout.strip() == "False"

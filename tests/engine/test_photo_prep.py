@@ -10,7 +10,7 @@ from PIL import Image
 
 from engine.photo import fit_photo, is_portrait, load_photo
 from engine.svi import generate_story
-from engine_helpers import make_photo
+from tests.support.engine_helpers import make_photo
 from storage.config import Limits
 from storage.errors import NotAnImage, PhotoTooLarge, PhotoTooSmall, TruncatedImage
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import EngineConfig
+from engine.models.config import EngineConfig
 from engine.errors import Cancelled
-from engine.loading import Models, load_models
+from engine.models.loading import Models, load_models
 from engine.svi import OVERLAP_FRAMES, Progress, generate_story
 from engine.video import probe_num_frames, read_frames, stitch, write_mp4
-from engine_helpers import PROMPTS, make_photo, record_story
+from tests.support.engine_helpers import PROMPTS, make_photo, record_story
 from storage.errors import BadSetting, EmptyPrompt
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from engine.svi import segment_timesteps
-from engine_helpers import PROMPTS, record_story
+from tests.support.engine_helpers import PROMPTS, record_story
 
 
 def first_input(story, segment):

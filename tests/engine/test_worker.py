@@ -1,9 +1,7 @@
-"""The worker on the tiny preset: order, resume after kill -9, cancel, failures, shutdown, CLI."""
+"""The worker on the tiny preset: order, resume after kill -9, cancel, failures, shutdown."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -12,10 +10,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
-from engine.config import EngineConfig
+from engine.models.config import EngineConfig
 from engine.svi import generate_story
 from engine.video import read_frames
 from engine.worker import Worker, WorkerConfig
@@ -71,7 +68,7 @@ def _db_segments(db: Path, job_id: int) -> list[tuple]:
 
 
 def _worker_cmd(root: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "engine.cli", "--data-dir", str(root), "--log-level", "WARNING",
+    return [sys.executable, "-m", "svibot.cli", "--data-dir", str(root), "--log-level", "WARNING",
             "worker", "--preset", "tiny", *extra]
 
 
@@ -233,40 +230,3 @@ async def test_full_disk_is_reported_as_disk_full(tmp_path, monkeypatch):
     assert leftovers == []  # nothing half-written
     monkeypatch.setattr(worker_mod, "write_mp4", real)
     await queue.close()
-
-
-def test_story_cli_json(tmp_path):
-    out = tmp_path / "out" / "story.mp4"
-    env = {**os.environ, "SVIBOT_DATA_DIR": str(tmp_path / "data")}
-    env.pop("SVIBOT_PRESET", None)
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "story", str(PHOTO), "walk | run | fly",
-                           "--preset", "tiny", "--seed", "3", "--out", str(out), "--json"],
-                          cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
-    assert proc.returncode == 0, proc.stderr
-    assert "random weights" in proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["state"] == "done" and result["preset"] == "tiny"
-    assert [len(read_frames(p)) for p in result["segments"]] == result["frames"] == [13, 8, 8]
-    assert len(read_frames(out)) == result["final_frames"] == 29
-    lines = proc.stdout.splitlines()
-    assert [l.split(":")[0] for l in lines[:3]] == ["segment 1/3", "segment 2/3", "segment 3/3"]
-
-
-@pytest.mark.parametrize("argv, code, message", [
-    (["story", str(PHOTO), "walk || run"], 2, "Prompt 2 of 3 is empty"),
-    (["story", str(PHOTO), " | ".join("x" * 11)], 2, "11 segments; the limit is 10"),
-    (["story", "/nonexistent.jpg", "walk"], 2, "cannot read the photo"),
-    (["story", str(REPO / "pyproject.toml"), "walk"], 2, "not an image"),
-    (["story", str(PHOTO), "walk", "--preset", "q9_z"], 2, "preset must be one of"),
-    (["story", str(PHOTO), "walk", "--preset", "tiny", "--steps", "0"], 2, "num_inference_steps must be in [1, 100] but is 0"),
-])
-def test_story_cli_bad_input(tmp_path, argv, code, message):
-    env = {**os.environ, "SVIBOT_DATA_DIR": str(tmp_path / "data")}
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", *argv], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, env=env)
-    assert proc.returncode == code
-    assert message in proc.stderr
-    db = tmp_path / "data" / "queue.sqlite3"
-    if db.exists():
-        with sqlite3.connect(db) as conn:
-            assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0

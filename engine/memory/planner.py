@@ -47,7 +47,7 @@ class Plan:
     """Where each component lives. `blocks[i]` pairs an expert's name with one location per block."""
 
     blocks: tuple[tuple[str, tuple[Location, ...]], ...]
-    text_encoder: Literal["vram", "ram", "file"]  # "file": engine.text_encoder.LazyTextEncoder, read per job
+    text_encoder: Literal["vram", "ram", "file"]  # "file": engine.models.text_encoder.LazyTextEncoder, read per job
     needs: MemoryNeeds
     vram_budget: int
     ram_budget: int

@@ -10,15 +10,16 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from safetensors.torch import save_file
 
-from engine.config import EngineConfig, LoraStrengths
-from engine.download import download_preset
-from engine.gguf_writer import diffusers_to_wan_keys, write_wan_gguf
-from engine.loading import load_models, unload_models
-from engine.presets import PRESETS, ModelFiles, Preset
+from engine.config import LoraStrengths
+from engine.models.config import EngineConfig
+from engine.models.download import download_preset
+from tests.support.gguf_writer import diffusers_to_wan_keys, write_wan_gguf
+from engine.models.loading import load_models, unload_models
+from engine.models.presets import PRESETS, ModelFiles, Preset
 from engine.svi import generate_story
-from engine.tiny import TINY_TRANSFORMER, TINY_VAE, build_tiny_components
-from engine_helpers import make_photo
-from fake_hub import FakeHub
+from engine.models.tiny import TINY_TRANSFORMER, TINY_VAE, build_tiny_components
+from tests.support.engine_helpers import make_photo
+from tests.support.fake_hub import FakeHub
 
 REPO = "org/tiny-wan"
 DIM = TINY_TRANSFORMER["num_attention_heads"] * TINY_TRANSFORMER["attention_head_dim"]

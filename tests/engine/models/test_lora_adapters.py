@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from engine.errors import LoraMismatch
-from engine.loading import load_expert_gguf
-from engine.lora import load_lora, set_strengths, to_comfy_format
-from engine.tiny import TINY_TRANSFORMER, build_tiny_transformer
-from engine_helpers import GGUF_TRANSFORMER, dequantized_reference, write_tiny_gguf_expert
+from engine.models.loading import load_expert_gguf
+from engine.models.lora import load_lora, set_strengths, to_comfy_format
+from engine.models.tiny import TINY_TRANSFORMER, build_tiny_transformer
+from tests.support.engine_helpers import GGUF_TRANSFORMER, dequantized_reference, write_tiny_gguf_expert
 
 RANK = 4
 DIM = TINY_TRANSFORMER["num_attention_heads"] * TINY_TRANSFORMER["attention_head_dim"]

@@ -1,7 +1,7 @@
 """The text-embedding cache: hits skip the encoder, keys separate encoders, files survive restarts."""
 import torch
 
-from engine.textcache import TextCache, encode_cached
+from engine.models.text_cache import TextCache, encode_cached
 
 
 class CountingEncoder:

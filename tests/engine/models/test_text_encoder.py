@@ -6,16 +6,16 @@ from dataclasses import replace
 import torch
 from transformers import UMT5EncoderModel
 
-from engine.config import EngineConfig
-from engine.download import download_preset
-from engine.loading import load_models, unload_models
-from engine.placement import GIB, ExpertSizes, MemoryNeeds, format_plan, plan_placement
-from engine.presets import PRESETS, Preset
+from engine.models.config import EngineConfig
+from engine.models.download import download_preset
+from engine.models.loading import load_models, unload_models
+from engine.memory.planner import GIB, ExpertSizes, MemoryNeeds, format_plan, plan_placement
+from engine.models.presets import PRESETS, Preset
 from engine.svi import encode_prompts, generate_story
-from engine.text_encoder import LazyTextEncoder
-from engine.tiny import build_tiny_components
-from engine_helpers import make_photo
-from fake_hub import FakeHub
+from engine.models.text_encoder import LazyTextEncoder
+from engine.models.tiny import build_tiny_components
+from tests.support.engine_helpers import make_photo
+from tests.support.fake_hub import FakeHub
 from test_real_preset_path import REPO, tiny_repo, tiny_repo_files  # noqa: F401  (tiny_repo is a fixture)
 
 

@@ -1,5 +1,5 @@
 """The real presets' VAE path: a single safetensors file in ORIGINAL Wan key names (as Comfy-Org's repackaged
-`wan_2.1_vae.safetensors` has them) loaded through `engine.vae_file.load_vae` with a packaged config."""
+`wan_2.1_vae.safetensors` has them) loaded through `engine.models.vae.load_vae` with a packaged config."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 from engine.errors import EngineError
-from engine.presets import wan22_config_dir
-from engine.tiny import TINY_INIT_SEED, build_tiny_transformer
-from engine.vae_file import load_vae
+from engine.models.presets import wan22_config_dir
+from engine.models.tiny import TINY_INIT_SEED, build_tiny_transformer
+from engine.models.vae import load_vae
 
 # The Wan 2.1 VAE's layout (widths x1 x2 x4 x4, two res blocks per level, 16 latent channels) at a tiny
 # base width. Not the tiny preset's VAE (one res block, flat widths): diffusers' converter hard-codes the

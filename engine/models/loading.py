@@ -37,9 +37,9 @@ class Models:
     label: str  # e.g. "tiny (random weights)"; shown to users
     max_sequence_length: int = REAL_MAX_SEQUENCE_LENGTH
     is_random_weights: bool = False
-    plan: Any = None  # engine.placement.Plan on CUDA: where each block of each expert lives
-    streamers: Any = None  # expert name -> engine.streaming.BlockStreamer
-    text_cache: Any = None  # engine.textcache.TextCache: prompt embeddings on disk, None to always encode
+    plan: Any = None  # engine.memory.planner.Plan on CUDA: where each block of each expert lives
+    streamers: Any = None  # expert name -> engine.memory.streaming.BlockStreamer
+    text_cache: Any = None  # engine.models.text_cache.TextCache: prompt embeddings on disk, None to always encode
     place_pending: Any = None  # callable placing the experts, while load_models leaves the GPU to the text encoder
 
     def ensure_placed(self) -> None:
@@ -73,7 +73,7 @@ def load_expert_gguf(path: Path, config_dir: Path, subfolder: str, compute_dtype
     """
     from diffusers import GGUFQuantizationConfig, WanTransformer3DModel
 
-    from .host_memory import read_gguf_mapped
+    from ..memory.host import read_gguf_mapped
 
     return WanTransformer3DModel.from_single_file(
         read_gguf_mapped(path),  # views of the mapped file: no 9 GB copy in RAM before placement
@@ -94,8 +94,8 @@ def place_models(models: Models, device: torch.device, config: EngineConfig | No
     from .text_encoder import LazyTextEncoder
 
     if device.type == "cuda":
-        from .placement import GIB
-        from .streaming import place_by_plan
+        from ..memory.planner import GIB
+        from .placement import place_by_plan
 
         gib = lambda v: None if v is None else int(v * GIB)
         vram, ram = (gib(config.vram_budget_gib), gib(config.ram_budget_gib)) if config else (None, None)
@@ -145,7 +145,7 @@ def _build_real(config: EngineConfig, preset: Preset, dtype: torch.dtype, paths:
 
     from .lora import apply_loras
     from .text_encoder import LazyTextEncoder
-    from .vae_file import load_vae
+    from .vae import load_vae
 
     configs = preset.config_dir or wan22_config_dir()
     high = load_expert_gguf(paths["high"], configs, "transformer", dtype)
@@ -196,7 +196,7 @@ def load_models(config: EngineConfig) -> Models:
             models.place_pending = lambda: place_models(models, device, config)
             log.info("experts are placed after the first job's prompts are encoded")
             if config.cache_dir is not None:
-                from .textcache import TextCache
+                from .text_cache import TextCache
 
                 files = preset.files.with_overrides(config.file_overrides)
                 encoder_id = f"{files.text_encoder_repo}/{files.text_encoder_folder}:{dtype}@{models.max_sequence_length}"

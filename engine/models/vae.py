@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import EngineError
+from ..errors import EngineError
 
 _SHOWN_KEYS = 5  # how many mismatched key names an error message lists
 

@@ -13,8 +13,8 @@ from gguf import GGUFReader
 from gguf.quants import dequantize
 from PIL import Image
 
-from engine.gguf_writer import diffusers_to_wan_keys, write_wan_gguf
-from engine.tiny import TINY_TRANSFORMER, build_tiny_transformer
+from tests.support.gguf_writer import diffusers_to_wan_keys, write_wan_gguf
+from engine.models.tiny import TINY_TRANSFORMER, build_tiny_transformer
 
 PROMPTS = ["a man walks", "a man runs", "a man flies up"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from tests.fakes.scripted_worker import count_frames
 from tests.fakes.telegram_api import FakeTelegram
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PHOTO = REPO / "examples" / "chelsea.jpg"
 CHAT = USER = 4242
 
@@ -21,7 +21,7 @@ async def test_serve_telegram_with_worker_delivers_a_story_and_stops_cleanly(tmp
                "SVIBOT_DATA_DIR": str(tmp_path / "data"), "SVIBOT_PRESET": "tiny",
                "SVIBOT_PROGRESS_INTERVAL": "0"}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "engine.cli", "serve", "--telegram", cwd=REPO, env=env,
+            sys.executable, "-m", "svibot.cli", "serve", "--telegram", cwd=REPO, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
             await fake.wait_for(lambda: fake.method_calls("getUpdates"), timeout=60, what="polling")
@@ -47,9 +47,9 @@ def test_serve_needs_a_platform_and_a_token(tmp_path):
     import subprocess
     env = {k: v for k, v in os.environ.items() if k not in ("TELEGRAM_BOT_TOKEN", "DISCORD_BOT_TOKEN")}
     env["SVIBOT_DATA_DIR"] = str(tmp_path)
-    none = subprocess.run([sys.executable, "-m", "engine.cli", "serve"], cwd=REPO, env=env,
+    none = subprocess.run([sys.executable, "-m", "svibot.cli", "serve"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60)
     assert none.returncode == 2 and "--telegram and/or --discord" in none.stderr
-    no_token = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--discord"], cwd=REPO, env=env,
+    no_token = subprocess.run([sys.executable, "-m", "svibot.cli", "serve", "--discord"], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=60)
     assert no_token.returncode == 2 and "DISCORD_BOT_TOKEN is empty" in no_token.stderr

@@ -17,7 +17,7 @@ from pathlib import Path
 from storage import JobQueue, SvibotError
 from storage.errors import InputError
 
-from .appconfig import AppConfig, build_config
+from .config import AppConfig, build_config
 
 log = logging.getLogger("svibot")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -125,7 +125,7 @@ def _stop_on_signals(stop: asyncio.Event, interrupted: list[int]) -> None:
 
 # -- worker and serve ------------------------------------------------------------------------
 async def cmd_worker(cfg: AppConfig, args: argparse.Namespace) -> int:
-    from .worker import Worker
+    from engine.worker import Worker
 
     stop, interrupted = asyncio.Event(), []
     _stop_on_signals(stop, interrupted)
@@ -139,7 +139,7 @@ async def cmd_serve(cfg: AppConfig, args: argparse.Namespace) -> int:
     """Bots and (unless --no-worker) the worker in one process, around one queue."""
     from bot.config import BotConfig, DiscordConfig, TelegramConfig, install_secret_filter
 
-    from .worker import Worker
+    from engine.worker import Worker
 
     if not (args.telegram or args.discord):
         print("svibot serve needs --telegram and/or --discord", file=sys.stderr)
@@ -186,8 +186,8 @@ async def cmd_serve(cfg: AppConfig, args: argparse.Namespace) -> int:
 async def cmd_download(cfg: AppConfig, args: argparse.Namespace) -> int:
     import shutil
 
-    from .download import download_preset
-    from .presets import get_preset
+    from engine.models.download import download_preset
+    from engine.models.presets import get_preset
 
     preset = get_preset(cfg.engine.preset)
     if preset.files is None:
@@ -211,7 +211,7 @@ async def cmd_download(cfg: AppConfig, args: argparse.Namespace) -> int:
 
 
 async def cmd_story(cfg: AppConfig, args: argparse.Namespace) -> int:
-    from .story_cli import run_story
+    from .story import run_story
 
     stop, interrupted = asyncio.Event(), []
     _stop_on_signals(stop, interrupted)

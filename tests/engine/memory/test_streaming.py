@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.streaming import BlockStreamer, place_model
+from engine.memory.streaming import BlockStreamer, place_model
 
 TINY = dict(
     patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, out_channels=16,
@@ -117,10 +117,10 @@ def test_streamed_forward_on_cuda_matches_and_pins_one_copy():
 
 @torch.no_grad()
 def test_place_by_plan_streams_the_tiny_preset_within_a_small_budget():
-    from engine.loading import Models
-    from engine.placement import MemoryNeeds, expert_sizes, module_bytes, vram_floor
-    from engine.streaming import HostTextEncoder, place_by_plan
-    from engine.tiny import build_tiny_components
+    from engine.models.loading import Models
+    from engine.memory.planner import MemoryNeeds, expert_sizes, module_bytes, vram_floor
+    from engine.models.placement import HostTextEncoder, place_by_plan
+    from engine.models.tiny import build_tiny_components
 
     def tiny_models():
         return Models(**build_tiny_components(), device=torch.device("cpu"), dtype=torch.float32,
@@ -151,7 +151,7 @@ def test_place_by_plan_streams_the_tiny_preset_within_a_small_budget():
 def test_mapped_gguf_pages_can_be_dropped_without_changing_values(tmp_path):
     import gguf
 
-    from engine.host_memory import file_mappings, page_out, read_gguf_mapped
+    from engine.memory.host import file_mappings, page_out, read_gguf_mapped
 
     w = np.random.default_rng(1).standard_normal((64, 4096)).astype(np.float32)  # ~1 MB: many pages
     writer = gguf.GGUFWriter(str(tmp_path / "t.gguf"), arch="wan")

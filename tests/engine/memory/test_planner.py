@@ -1,7 +1,7 @@
 """The planner's decisions under given budgets, and its refusals."""
 import pytest
 
-from engine.placement import (
+from engine.memory.planner import (
     GIB, ExpertSizes, MemoryNeeds, PlacementError, format_plan, plan_placement, vram_floor,
 )
 

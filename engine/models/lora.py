@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .config import LoraStrengths
-from .errors import LoraMismatch
+from ..config import LoraStrengths
+from ..errors import LoraMismatch
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from tqdm import tqdm
 from storage import JobQueue, NewJob, parse_prompts
 from storage.errors import NotAnImage
 
-from .appconfig import AppConfig
-from .presets import get_preset
-from .worker import Worker, resolve_settings
+from .config import AppConfig
+from engine.models.presets import get_preset
+from engine.worker import Worker, resolve_settings
 
 SETTING_FLAGS = ("num_inference_steps", "guidance_scale", "chaining", "quality")
 TERMINAL = ("done", "failed", "cancelled")

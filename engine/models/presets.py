@@ -1,6 +1,6 @@
 """Model presets: which repos and files make up each quantisation of Wan 2.2 I2V A14B, plus `tiny`.
 
-Repos and filenames follow SVI_NOTES.md; every one can be overridden through `EngineConfig.file_overrides`.
+Repos and filenames are those of the public releases (see the README); every one can be overridden through `EngineConfig.file_overrides`.
 """
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
 
-from .config import GenerationSettings
+from ..config import GenerationSettings
 
 GGUF_REPO = "QuantStack/Wan2.2-I2V-A14B-GGUF"
 DIFFUSERS_REPO = "Wan-AI/Wan2.2-I2V-A14B-Diffusers"  # text_encoder/ and tokenizer/
@@ -79,7 +79,7 @@ class Preset:
 
 def wan22_config_dir() -> Path:
     """The packaged Wan 2.2 I2V A14B configs (transformer/, transformer_2/, vae/)."""
-    return Path(str(resources.files("engine") / "configs" / "wan22_i2v_a14b"))
+    return Path(str(resources.files("engine.models") / "configs" / "wan22_i2v_a14b"))
 
 
 def _gguf_preset(name: str, expert_gb: float) -> Preset:

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from engine import download
-from engine.config import EngineConfig, GenerationSettings
-from engine.download import download_preset, local_preset_files
+from engine.models import download
+from engine.config import GenerationSettings
+from engine.models.config import EngineConfig
+from engine.models.download import download_preset, local_preset_files
 from engine.errors import InsufficientDisk, ModelFileMissing
-from engine.loading import load_models
-from engine.presets import GGUF_REPO, PRESETS, ModelFiles, Preset
-from fake_hub import FakeHub
+from engine.models.loading import load_models
+from engine.models.presets import GGUF_REPO, PRESETS, ModelFiles, Preset
+from tests.support.fake_hub import FakeHub
 
 GGUF = "org/wan-gguf"
 EXTRAS = "org/wan-extras"

@@ -9,8 +9,8 @@ from pathlib import Path
 from storage import DataDir, Limits, QueueConfig
 from storage.errors import BadSetting
 
-from .config import EngineConfig, default_preset
-from .worker import WorkerConfig
+from engine.models.config import EngineConfig, default_preset
+from engine.worker import WorkerConfig
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .errors import InsufficientDisk, ModelFileMissing
+from ..errors import InsufficientDisk, ModelFileMissing
 from .presets import FOLDER_PARTS, ModelFiles, Preset, get_preset
 
 log = logging.getLogger(__name__)

@@ -10,11 +10,11 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
-from engine.gguf_writer import ENCODERS, diffusers_to_wan_keys, quantize
-from engine.loading import load_expert_gguf
-from engine.presets import wan22_config_dir
-from engine.tiny import build_tiny_transformer
-from engine_helpers import GGUF_TRANSFORMER, dequantized_reference, write_tiny_gguf_expert
+from tests.support.gguf_writer import ENCODERS, diffusers_to_wan_keys, quantize
+from engine.models.loading import load_expert_gguf
+from engine.models.presets import wan22_config_dir
+from engine.models.tiny import build_tiny_transformer
+from tests.support.engine_helpers import GGUF_TRANSFORMER, dequantized_reference, write_tiny_gguf_expert
 
 # Worst-case relative RMS error of each format on Gaussian data (a 4-bit grid over ~4 sigma is ~8%).
 RMS_TOLERANCE = {Q.Q4_K: 0.10, Q.Q6_K: 0.03, Q.Q8_0: 0.01}

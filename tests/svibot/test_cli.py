@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.appconfig import build_config
-from engine.cli import build_parser, main
+from svibot.config import build_config
+from svibot.cli import build_parser, main
 from storage import DataDir, JobQueue, Limits, NewJob, QueueConfig, WorkerId
 from storage.errors import BadSetting
 
-PHOTO = Path(__file__).resolve().parents[1] / "examples" / "chelsea.jpg"
+PHOTO = Path(__file__).resolve().parents[2] / "examples" / "chelsea.jpg"
 
 
 def test_help_lists_subcommands(capsys):

@@ -1,0 +1,41 @@
+"""Frozen settings for the loaded engine: which preset, where its files are, device, dtype and budgets."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from storage.errors import BadSetting
+
+from ..config import LoraStrengths
+from .presets import PRESETS, ModelFiles
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    preset: str  # a key of engine.models.presets.PRESETS
+    models_dir: Path  # huggingface_hub cache under the data dir
+    device: str | None = None  # None: cuda if available, else cpu
+    dtype: str | None = None  # None: fp16 before Ampere, bf16 on Ampere+, fp32 on the CPU
+    file_overrides: tuple[tuple[str, str], ...] = ()  # (field of ModelFiles, value), e.g. ("high_file", "...")
+    lora_strengths: LoraStrengths = LoraStrengths()
+    use_loras: bool = True  # False runs plain Wan 2.2 (use with chaining="last-frame")
+    vram_budget_gib: float | None = None  # for the block-streaming planner
+    ram_budget_gib: float | None = None
+    cache_dir: Path | None = None  # prompt embeddings are cached under cache_dir/text; None: no cache
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise BadSetting(f"preset must be one of {sorted(PRESETS)} but is {self.preset!r}")
+        if self.dtype not in (None, "float32", "float16", "bfloat16"):
+            raise BadSetting(f"dtype must be float32, float16 or bfloat16 but is {self.dtype!r}")
+        known = {f.name for f in fields(ModelFiles)}
+        for key, _ in self.file_overrides:
+            if key not in known:
+                raise BadSetting(f"file override {key!r} is not one of {sorted(known)}")
+
+
+def default_preset() -> str:
+    """`q4_k_m` where CUDA is available, else the random-weight `tiny` preset."""
+    import torch
+
+    return "q4_k_m" if torch.cuda.is_available() else "tiny"

@@ -1,0 +1,53 @@
+"""`svibot story` as a user runs it: one story end to end on the tiny preset, and bad input refused."""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.video import read_frames
+
+REPO = Path(__file__).resolve().parents[2]
+PHOTO = REPO / "examples" / "chelsea.jpg"
+
+
+def test_story_cli_json(tmp_path):
+    out = tmp_path / "out" / "story.mp4"
+    env = {**os.environ, "SVIBOT_DATA_DIR": str(tmp_path / "data")}
+    env.pop("SVIBOT_PRESET", None)
+    proc = subprocess.run([sys.executable, "-m", "svibot.cli", "story", str(PHOTO), "walk | run | fly",
+                           "--preset", "tiny", "--seed", "3", "--out", str(out), "--json"],
+                          cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "random weights" in proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["state"] == "done" and result["preset"] == "tiny"
+    assert [len(read_frames(p)) for p in result["segments"]] == result["frames"] == [13, 8, 8]
+    assert len(read_frames(out)) == result["final_frames"] == 29
+    lines = proc.stdout.splitlines()
+    assert [l.split(":")[0] for l in lines[:3]] == ["segment 1/3", "segment 2/3", "segment 3/3"]
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    (["story", str(PHOTO), "walk || run"], 2, "Prompt 2 of 3 is empty"),
+    (["story", str(PHOTO), " | ".join("x" * 11)], 2, "11 segments; the limit is 10"),
+    (["story", "/nonexistent.jpg", "walk"], 2, "cannot read the photo"),
+    (["story", str(REPO / "pyproject.toml"), "walk"], 2, "not an image"),
+    (["story", str(PHOTO), "walk", "--preset", "q9_z"], 2, "preset must be one of"),
+    (["story", str(PHOTO), "walk", "--preset", "tiny", "--steps", "0"], 2, "num_inference_steps must be in [1, 100] but is 0"),
+])
+def test_story_cli_bad_input(tmp_path, argv, code, message):
+    env = {**os.environ, "SVIBOT_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.run([sys.executable, "-m", "svibot.cli", *argv], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.returncode == code
+    assert message in proc.stderr
+    db = tmp_path / "data" / "queue.sqlite3"
+    if db.exists():
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
