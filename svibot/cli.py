@@ -137,7 +137,8 @@ async def cmd_worker(cfg: AppConfig, args: argparse.Namespace) -> int:
 
 async def cmd_serve(cfg: AppConfig, args: argparse.Namespace) -> int:
     """Bots and (unless --no-worker) the worker in one process, around one queue."""
-    from bot.config import BotConfig, DiscordConfig, TelegramConfig, install_secret_filter
+    from bot.config import BotConfig, DiscordConfig, TelegramConfig
+    from storage.redact import add_secret
 
     from engine.worker import Worker
 
@@ -158,7 +159,7 @@ async def cmd_serve(cfg: AppConfig, args: argparse.Namespace) -> int:
         print(f"svibot: {err}", file=sys.stderr)
         return EXIT_USAGE
     for _, conf in platforms:
-        install_secret_filter(conf.token)
+        add_secret(conf.token)
     stop, interrupted = asyncio.Event(), []
     _stop_on_signals(stop, interrupted)
     if args.snapshot_to:
