@@ -48,6 +48,7 @@ class BotConfig:
     stories_per_day: int = 20  # per user, counted per UTC day
     limits: Limits = field(default_factory=Limits)
     poll_interval_s: float = 1.0  # how often the outbox looks for new events
+    shutdown_grace_s: float = 10.0  # on stop, how long a delivery in flight may still take
 
     def __post_init__(self) -> None:
         if self.max_active_jobs < 1:
@@ -56,6 +57,8 @@ class BotConfig:
             raise ValueError(f"stories_per_day is {self.stories_per_day}; it must be at least 1")
         if self.poll_interval_s <= 0:
             raise ValueError(f"poll_interval_s is {self.poll_interval_s}; it must be above 0")
+        if self.shutdown_grace_s < 0:
+            raise ValueError(f"shutdown_grace_s is {self.shutdown_grace_s}; it must not be negative")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "BotConfig":

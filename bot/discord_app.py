@@ -274,7 +274,8 @@ async def run_discord(config: DiscordConfig, bot_config: BotConfig, queue: JobQu
     add_secret(config.token)
     client = SviClient(config, bot_config, queue, data_dir)
     outbox = Outbox(queue, client.deliverer, OutboxConfig(edit_interval_s=config.edit_interval_s,
-                                                           poll_interval_s=bot_config.poll_interval_s))
+                                                           poll_interval_s=bot_config.poll_interval_s,
+                                                           shutdown_grace_s=bot_config.shutdown_grace_s))
     async with client:
         client_task = asyncio.create_task(client.start(config.token), name="discord-client")
         outbox_task = asyncio.create_task(outbox.run(stop), name="discord-outbox")

@@ -148,7 +148,8 @@ async def run_telegram(config: TelegramConfig, bot_config: BotConfig, queue: Job
     add_secret(config.token)
     app = build_application(config, bot_config, queue, data_dir)
     outbox = Outbox(queue, TelegramDeliverer(app.bot, config), OutboxConfig(
-        edit_interval_s=config.edit_interval_s, poll_interval_s=bot_config.poll_interval_s))
+        edit_interval_s=config.edit_interval_s, poll_interval_s=bot_config.poll_interval_s,
+        shutdown_grace_s=bot_config.shutdown_grace_s))
     rejected = False
     try:
         async with app:  # initialize() checks the token with getMe; shutdown() on exit
