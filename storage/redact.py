@@ -12,7 +12,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterable, Mapping
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 REDACTED = "<redacted>"
 MIN_SECRET_CHARS = 6  # shorter strings would blank out ordinary words; the URL pattern still covers them
@@ -112,8 +112,8 @@ def secrets_from_env(env: Mapping[str, str]) -> list[str]:
             password = urlsplit(raw).password
         except ValueError:  # a malformed URL: treat all of it as secret
             password = raw
-        if password:
-            found.append(password)
+        if password:  # as written in the URL, and as the driver sends it
+            found += [password] if unquote(password) == password else [password, unquote(password)]
     return found
 
 
@@ -124,7 +124,9 @@ def redact_record(record: logging.LogRecord) -> None:
     except Exception:  # a malformed record; logging reports it when it formats the record
         return
     clean = REDACTOR(message)
-    if clean != message:
+    if clean != message or record.args:
+        # Freeze the text now: arguments are live objects that a library may change after logging
+        # (PTB turns a logged file path into a URL with the token), and handlers format later.
         record.msg, record.args = clean, ()
     if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
         # Formatters reuse a cached exc_text, so every handler prints this redacted traceback.
