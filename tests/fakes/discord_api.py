@@ -148,6 +148,7 @@ class FakeDiscord:
         self.rejected_content: list[int] = []  # lengths of contents refused as too long
         self.writes: list[dict[str, Any]] = []  # every message body the bot sent (create, edit, callback)
         self._rate_limits: list[tuple[str, re.Pattern[str], float]] = []
+        self._refusals: list[tuple[str, re.Pattern[str], int]] = []
         self._tokens_expired = False
         self._interaction_tokens: dict[str, int] = {}  # token -> interaction id
         self._sockets: list[web.WebSocketResponse] = []
@@ -190,6 +191,10 @@ class FakeDiscord:
     def rate_limit(self, method: str, path_regex: str, retry_after: float = 0.3) -> None:
         """Answer the next matching request with a 429 (the client must wait and retry)."""
         self._rate_limits.append((method, re.compile(path_regex), retry_after))
+
+    def refuse(self, method: str, path_regex: str, status: int = 400) -> None:
+        """Answer the next matching request with an error `status` (e.g. a refused edit)."""
+        self._refusals.append((method, re.compile(path_regex), status))
 
     def expire_tokens(self) -> None:
         """Every interaction token from now on is invalid (as after Discord's 15 minutes)."""
@@ -300,6 +305,10 @@ class FakeDiscord:
                     status=429, headers={"Retry-After": str(retry_after), "X-RateLimit-Scope": "user",
                              # without a Via header discord.py takes a 429 for a Cloudflare ban
                              "Via": "1.1 google"})
+        for i, (method, pattern, status) in enumerate(self._refusals):
+            if method == request.method and pattern.fullmatch(path):
+                del self._refusals[i]
+                return _json({"message": "Invalid Form Body", "code": 50035}, status=status)
         is_webhook = path.startswith("/interactions/") or path.startswith("/webhooks/")
         if not is_webhook and request.headers.get("Authorization") != f"Bot {self.token}":
             return _json({"message": "401: Unauthorized", "code": 0}, status=401)
