@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta, timezone
 
+from storage.config import Quota
+from storage.errors import DailyQuotaReached, QuotaExceeded, TooManyActiveJobs
 from storage.queue import JobQueue
 
 from . import texts
@@ -69,18 +71,38 @@ def day_start(now: float) -> float:
     return day.timestamp()
 
 
+def quota_for(config: BotConfig, user_id: str | int, *, now: float | None = None) -> Quota | None:
+    """The per-user limits `enqueue` enforces for this user; None for admins, who are exempt."""
+    if is_admin(config, user_id):
+        return None
+    now = time.time() if now is None else now
+    return Quota(max_active_jobs=config.max_active_jobs, max_per_day=config.stories_per_day,
+                 since=day_start(now))
+
+
+def refusal(err: QuotaExceeded, *, now: float | None = None) -> AccessDenied:
+    """The reply for a limit the queue enforced."""
+    now = time.time() if now is None else now
+    if isinstance(err, TooManyActiveJobs):
+        return ActiveJobLimit(texts.active_limit_text(len(err.job_ids), err.limit, err.job_ids))
+    if isinstance(err, DailyQuotaReached):
+        resets_at = (datetime.fromtimestamp(day_start(now), tz=timezone.utc) + timedelta(days=1)).timestamp()
+        return DailyLimit(texts.daily_limit_text(err.count, err.limit, resets_at - now), resets_at)
+    return AccessDenied(str(err))
+
+
 async def check_limits(config: BotConfig, queue: JobQueue, platform: str, user_id: str | int,
                        *, now: float | None = None) -> None:
-    """Refuse a new story when the user is at the active-job or stories-per-day limit. Admins are exempt."""
+    """Refuse a new story early (before any download) when the user is at a limit. Admins are exempt.
+
+    Only a quick look: `enqueue` checks the same limits again in the insert's transaction.
+    """
     if is_admin(config, user_id):
         return
     now = time.time() if now is None else now
     active = await queue.jobs_for_user(platform, str(user_id), active_only=True)
     if len(active) >= config.max_active_jobs:
-        raise ActiveJobLimit(texts.active_limit_text(
-            len(active), config.max_active_jobs, sorted(j.id for j in active)))
-    start = day_start(now)
-    count = await queue.count_since(platform, str(user_id), start)
+        raise refusal(TooManyActiveJobs(sorted(j.id for j in active), config.max_active_jobs), now=now)
+    count = await queue.count_since(platform, str(user_id), day_start(now))
     if count >= config.stories_per_day:
-        resets_at = (datetime.fromtimestamp(start, tz=timezone.utc) + timedelta(days=1)).timestamp()
-        raise DailyLimit(texts.daily_limit_text(count, config.stories_per_day, resets_at - now), resets_at)
+        raise refusal(DailyQuotaReached(count, config.stories_per_day), now=now)

@@ -1,11 +1,10 @@
 """Frozen settings for the chat bots, read once from the environment by the CLI.
 
-Also the logging filter that keeps a bot token out of every log line.
+Tokens are kept out of logs and replies by `storage.redact`.
 """
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from storage.config import Limits
@@ -49,6 +48,7 @@ class BotConfig:
     stories_per_day: int = 20  # per user, counted per UTC day
     limits: Limits = field(default_factory=Limits)
     poll_interval_s: float = 1.0  # how often the outbox looks for new events
+    shutdown_grace_s: float = 10.0  # on stop, how long a delivery in flight may still take
 
     def __post_init__(self) -> None:
         if self.max_active_jobs < 1:
@@ -57,17 +57,20 @@ class BotConfig:
             raise ValueError(f"stories_per_day is {self.stories_per_day}; it must be at least 1")
         if self.poll_interval_s <= 0:
             raise ValueError(f"poll_interval_s is {self.poll_interval_s}; it must be above 0")
+        if self.shutdown_grace_s < 0:
+            raise ValueError(f"shutdown_grace_s is {self.shutdown_grace_s}; it must not be negative")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "BotConfig":
         max_segments = _int(env, "SVIBOT_MAX_SEGMENTS", Limits.max_segments, minimum=1, maximum=100)
+        max_prompt_chars = _int(env, "SVIBOT_MAX_PROMPT_CHARS", Limits.max_prompt_chars, minimum=1)
         return cls(
             allowed_users=_ids(env.get("SVIBOT_ALLOWED_USERS")),
             allowed_chats=_ids(env.get("SVIBOT_ALLOWED_CHATS")),
             admins=_ids(env.get("SVIBOT_ADMINS")),
             max_active_jobs=_int(env, "SVIBOT_MAX_ACTIVE_JOBS", 1, minimum=1),
             stories_per_day=_int(env, "SVIBOT_STORIES_PER_DAY", 20, minimum=1),
-            limits=replace(Limits(), max_segments=max_segments),
+            limits=replace(Limits(), max_segments=max_segments, max_prompt_chars=max_prompt_chars),
         )
 
 
@@ -81,6 +84,7 @@ class TelegramConfig:
     edit_interval_s: float = 3.0  # Telegram throttles edits; one per 3 s per chat stays clear of 429s
     photo_memory_s: float = 600.0  # how long a photo waits for a following /story in the same chat
     poll_timeout_s: float = 10.0  # getUpdates long-poll timeout
+    file_retry_s: tuple[float, ...] = (0.5, 1.0, 2.0)  # waits between attempts to fetch a user's file
 
     def __post_init__(self) -> None:
         if not self.token:
@@ -95,6 +99,8 @@ class TelegramConfig:
                 f"between 1 and {limit}")
         if self.edit_interval_s < 0:
             raise ValueError(f"edit_interval_s is {self.edit_interval_s}; it must not be negative")
+        if any(w < 0 for w in self.file_retry_s):
+            raise ValueError(f"file_retry_s is {self.file_retry_s}; waits must not be negative")
 
     @property
     def self_hosted(self) -> bool:
@@ -155,65 +161,3 @@ class DiscordConfig:
             guild_id=guild_id,
             spoiler=env.get("SVIBOT_DISCORD_SPOILER", "auto").strip().lower() or "auto",
         )
-
-
-# -- secrets in logs ---------------------------------------------------------------------------
-REDACTED = "<redacted>"
-SECRET_LOGGERS = ("", "httpx", "httpcore", "telegram", "telegram.ext", "telegram.ext.Application",
-                  "telegram.ext.Updater", "telegram.Bot", "telegram.ext.ExtBot", "discord",
-                  "discord.client", "discord.gateway", "discord.http", "aiohttp", "aiohttp.client")
-
-
-class SecretFilter(logging.Filter):
-    """Replace a secret (a bot token) in a record's message and traceback.
-
-    HTTP clients log request URLs, and the Telegram Bot API puts the token in every URL.
-    """
-
-    def __init__(self, secret: str) -> None:
-        super().__init__()
-        if not secret:
-            raise ValueError("SecretFilter needs a non-empty secret")
-        self.secret = secret
-
-    def redact(self, text: str) -> str:
-        return text.replace(self.secret, REDACTED)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a malformed record; leave it for logging to report
-            return True
-        if self.secret in message:
-            record.msg, record.args = self.redact(message), ()
-        if record.exc_info and record.exc_info[0] is not None:
-            # Format the traceback now so the cached text, which handlers reuse, is clean.
-            if not record.exc_text:
-                record.exc_text = logging.Formatter().formatException(record.exc_info)
-            record.exc_text = self.redact(record.exc_text)
-        return True
-
-
-def install_secret_filter(secret: str, logger_names: Iterable[str] = SECRET_LOGGERS) -> SecretFilter:
-    """Attach one SecretFilter to the named loggers and to the root logger's handlers.
-
-    Logger filters do not see records propagated from child loggers, so the root
-    handlers carry it too. Installing the same secret twice adds no second filter.
-    """
-    filt = SecretFilter(secret)
-    targets: list[logging.Filterer] = [logging.getLogger(name) for name in logger_names]
-    targets += logging.getLogger().handlers
-    for target in targets:
-        if not any(isinstance(f, SecretFilter) and f.secret == secret for f in target.filters):
-            target.addFilter(filt)
-    return filt
-
-
-def remove_secret_filter(secret: str, logger_names: Iterable[str] = SECRET_LOGGERS) -> None:
-    """Undo `install_secret_filter` (tests install filters for throwaway tokens)."""
-    targets: list[logging.Filterer] = [logging.getLogger(name) for name in logger_names]
-    targets += logging.getLogger().handlers
-    for target in targets:
-        for f in list(target.filters):
-            if isinstance(f, SecretFilter) and f.secret == secret:
-                target.removeFilter(f)

@@ -6,22 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 import discord
 from discord import app_commands
 
 from storage.config import DataDir
-from storage.errors import InputError, JobNotFound
+from storage.errors import InputError, TokenRejected
 from storage.queue import JobQueue
+from storage.redact import add_secret
 from storage.validate import check_photo_size
 
 from . import intake, texts
-from .access import AccessDenied
-from .config import BotConfig, DiscordConfig, install_secret_filter
+from .access import AccessDenied, check_allowed
+from .config import BotConfig, DiscordConfig
 from .discord_delivery import DEFAULT_UPLOAD_LIMIT, PLATFORM, DiscordDeliverer
 from .discord_views import CancelButton, RerollButton, StoryModal
 from .outbox import STATUS_REPLY_META, Outbox, OutboxConfig
+from .texts import DISCORD_CONTENT_CHARS, fit
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ CONTEXT_MENU_NAME = "Make a story from this image"
 HOW_TO = ["Example: /story prompts: a cat walks | the cat runs | the cat flies  image: <your photo>",
           f'Or right-click a message with a photo: Apps > "{CONTEXT_MENU_NAME}".',
           "Buttons under the status message cancel the job or re-roll it with a new seed."]
-SHUTDOWN_GRACE_S = 60.0  # an upload in flight may take this long on a slow link
+TOKEN_REJECTED = "the Discord token was rejected; check DISCORD_BOT_TOKEN"
+REPLY_FAILED = "Sorry, I could not show the answer here. Please try again."
 
 
 class SviClient(discord.Client):
@@ -40,7 +42,8 @@ class SviClient(discord.Client):
     def __init__(self, config: DiscordConfig, bot_config: BotConfig, queue: JobQueue, data_dir: DataDir) -> None:
         # Slash commands, buttons and modals arrive as interactions; the guilds intent keeps the
         # channel cache that tells an age-restricted channel apart. No privileged intents needed.
-        super().__init__(intents=discord.Intents(guilds=True))
+        # Nothing the bot posts pings anyone: prompts and captions may carry @everyone or <@id>.
+        super().__init__(intents=discord.Intents(guilds=True), allowed_mentions=discord.AllowedMentions.none())
         self.config = config
         self.bot_config = bot_config
         self.queue = queue
@@ -79,14 +82,12 @@ class SviClient(discord.Client):
                                chat_id=chat_id, text=text, chat_ids=chat_ids)
         if image is None:
             raise InputError(NO_IMAGE)
-        if not (image.content_type or "").startswith("image/"):
-            raise InputError(texts.not_an_image_text(image.content_type))
+        # The declared content type is not trusted either way: `enqueue` checks the bytes.
         check_photo_size(image.size, self.bot_config.limits)
         photo = await image.read()
         return await intake.start_story(self.queue, self.bot_config, intake.StoryRequest(
             platform=PLATFORM, chat_id=chat_id, user_id=user_id, text=text or "", photo=photo,
-            photo_suffix=Path(image.filename).suffix.lower() or ".img", seed=seed, chat_ids=chat_ids,
-            meta=_channel_meta(interaction)))
+            seed=seed, chat_ids=chat_ids, meta=_channel_meta(interaction)))
 
     async def _post_status(self, queued: intake.Queued) -> None:
         position = queued.position if queued.position is not None else 1
@@ -97,25 +98,24 @@ class SviClient(discord.Client):
             log.exception("posting the status message of job #%d failed", queued.job.id)
 
     async def press_cancel(self, interaction: discord.Interaction, job_id: int) -> None:
-        """❌ Cancel on a status message; the queue refuses anyone but the owner or an admin."""
-        user_id = str(interaction.user.id)
+        """❌ Cancel on a status message: the job's owner or an admin, in the job's channel."""
+        user_id, chat_id, chat_ids = _who(interaction)
         try:
+            check_allowed(self.bot_config, user_id, [chat_id, *chat_ids])
             text = await intake.cancel(self.queue, self.bot_config, platform=PLATFORM, user_id=user_id,
-                                       job_id=job_id)
+                                       job_id=job_id, chat_id=chat_id)
         except AccessDenied as err:
             text = str(err)
         await _reply(interaction, text)
 
     async def press_reroll(self, interaction: discord.Interaction, job_id: int) -> None:
-        """🔁 Re-roll: queue the same photo and prompts with a new seed for whoever pressed it."""
+        """🔁 Re-roll: the same photo and prompts with a new seed; the job's owner or an admin, in its channel."""
         await interaction.response.defer(thinking=True, ephemeral=True)
         user_id, chat_id, chat_ids = _who(interaction)
         try:
-            queued = await intake.reroll(self.queue, self.bot_config, job_id, user_id=user_id, chat_id=chat_id,
-                                         chat_ids=chat_ids, meta=_channel_meta(interaction))
-        except JobNotFound:
-            await _reply(interaction, f"There is no job #{job_id} any more to re-roll.")
-            return
+            check_allowed(self.bot_config, user_id, [chat_id, *chat_ids])
+            queued = await intake.reroll(self.queue, self.bot_config, job_id, platform=PLATFORM, user_id=user_id,
+                                         chat_id=chat_id, chat_ids=chat_ids, meta=_channel_meta(interaction))
         except (AccessDenied, InputError) as err:
             await _reply(interaction, str(err))
             return
@@ -143,7 +143,7 @@ async def status(interaction: discord.Interaction[SviClient]) -> None:
     """Show your jobs and whether a GPU worker is online."""
     client = interaction.client
     text = await intake.status(client.queue, platform=PLATFORM, user_id=str(interaction.user.id))
-    await interaction.response.send_message(text, ephemeral=True)
+    await _reply(interaction, text)
 
 
 @app_commands.describe(job="The job number; leave out to cancel your only active job")
@@ -155,7 +155,7 @@ async def cancel(interaction: discord.Interaction[SviClient], job: int | None = 
                                    user_id=str(interaction.user.id), job_id=job)
     except AccessDenied as err:
         text = str(err)
-    await interaction.response.send_message(text, ephemeral=True)
+    await _reply(interaction, text)
 
 
 async def queue_(interaction: discord.Interaction[SviClient]) -> None:
@@ -165,21 +165,25 @@ async def queue_(interaction: discord.Interaction[SviClient]) -> None:
         text = await intake.queue_overview(client.queue, client.bot_config, user_id=str(interaction.user.id))
     except AccessDenied as err:
         text = str(err)
-    await interaction.response.send_message(text, ephemeral=True)
+    await _reply(interaction, text)
 
 
 async def help_(interaction: discord.Interaction[SviClient]) -> None:
     """How to use the bot, its limits and the rules."""
     client = interaction.client
     text = await intake.help_text(client.queue, client.bot_config, how_to=HOW_TO)
-    await interaction.response.send_message(text, ephemeral=True)
+    await _reply(interaction, text)
 
 
 async def story_from_message(interaction: discord.Interaction[SviClient], message: discord.Message) -> None:
-    """Context menu: ask for the prompts, then make a story from the message's image."""
-    image = next((a for a in message.attachments if (a.content_type or "").startswith("image/")), None)
+    """Context menu: ask for the prompts, then make a story from the message's image.
+
+    An attachment declared as an image is preferred; otherwise the first one, whose bytes decide.
+    """
+    declared = [a for a in message.attachments if (a.content_type or "").startswith("image/")]
+    image = next(iter(declared or message.attachments), None)
     if image is None:
-        await interaction.response.send_message(NO_IMAGE_IN_MESSAGE, ephemeral=True)
+        await _reply(interaction, NO_IMAGE_IN_MESSAGE)
         return
     await interaction.response.send_modal(StoryModal(image))
 
@@ -190,9 +194,22 @@ async def on_tree_error(interaction: discord.Interaction, error: app_commands.Ap
     await _reply(interaction, texts.INTERNAL_ERROR)
 
 
+class GatedTree(app_commands.CommandTree):
+    """A command tree whose every command passes the allowlists first."""
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        user_id, chat_id, chat_ids = _who(interaction)
+        try:
+            check_allowed(interaction.client.bot_config, user_id, [chat_id, *chat_ids])
+        except AccessDenied as err:
+            await _reply(interaction, str(err))
+            return False
+        return True
+
+
 def build_tree(client: SviClient) -> app_commands.CommandTree:
     """All the wiring: each handler becomes an app command of a fresh tree."""
-    tree = app_commands.CommandTree(client)
+    tree = GatedTree(client)
     tree.add_command(app_commands.command(name="story")(story))
     tree.add_command(app_commands.command(name="status")(status))
     tree.add_command(app_commands.command(name="cancel")(cancel))
@@ -222,38 +239,56 @@ def _channel_meta(interaction: discord.Interaction) -> dict[str, object]:
 
 
 async def _reply(interaction: discord.Interaction, text: str) -> None:
-    """Answer the interaction once: edit the deferred reply, or send one. A dead token is only logged."""
+    """Answer the interaction once: edit the deferred reply, or send one, cut to Discord's limit.
+
+    If Discord refuses the answer, a short followup says so, so nobody is left on "thinking...".
+    A dead interaction token is only logged.
+    """
+    text = fit(text, DISCORD_CONTENT_CHARS)
     try:
         if interaction.response.is_done():
             await interaction.edit_original_response(content=text)
         else:
             await interaction.response.send_message(text, ephemeral=True)
+        return
     except discord.HTTPException as err:
         log.warning("could not answer interaction %d: %s", interaction.id, err)
+        if err.status in (401, 404):  # the token expired or the interaction is gone: nobody to tell
+            return
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(REPLY_FAILED, ephemeral=True)
+        else:
+            await interaction.response.send_message(REPLY_FAILED, ephemeral=True)
+    except discord.HTTPException as err:
+        log.warning("could not send the fallback answer to interaction %d: %s", interaction.id, err)
 
 
 # -- entry point -----------------------------------------------------------------------------------
 async def run_discord(config: DiscordConfig, bot_config: BotConfig, queue: JobQueue, data_dir: DataDir,
                       stop: asyncio.Event) -> None:
-    """Run the Discord client and the outbox delivery loop until `stop` is set, then close both."""
-    install_secret_filter(config.token)
+    """Run the Discord client and the outbox delivery loop until `stop` is set, then close both.
+
+    A token Discord refuses raises TokenRejected, whose message names the variable, not the token.
+    """
+    add_secret(config.token)
     client = SviClient(config, bot_config, queue, data_dir)
     outbox = Outbox(queue, client.deliverer, OutboxConfig(edit_interval_s=config.edit_interval_s,
-                                                           poll_interval_s=bot_config.poll_interval_s))
+                                                           poll_interval_s=bot_config.poll_interval_s,
+                                                           shutdown_grace_s=bot_config.shutdown_grace_s))
     async with client:
         client_task = asyncio.create_task(client.start(config.token), name="discord-client")
         outbox_task = asyncio.create_task(outbox.run(stop), name="discord-outbox")
         stop_task = asyncio.create_task(stop.wait())
         await asyncio.wait({client_task, outbox_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         stop.set()
-        # Let the outbox finish the event in flight before the HTTP session goes away, or an
-        # upload that Discord accepted would be sent again after the restart.
-        try:
-            await asyncio.wait_for(asyncio.shield(outbox_task), SHUTDOWN_GRACE_S)
-        except (asyncio.TimeoutError, Exception):
-            outbox_task.cancel()
+        # The outbox finishes the event in flight before the HTTP session goes away (or cancels it
+        # after its shutdown grace, leaving it pending), so an accepted upload is not sent twice.
+        await asyncio.gather(outbox_task, return_exceptions=True)
         await client.close()
         results = await asyncio.gather(client_task, outbox_task, stop_task, return_exceptions=True)
     for result in results:
+        if isinstance(result, discord.LoginFailure):
+            raise TokenRejected(TOKEN_REJECTED) from None
         if isinstance(result, Exception):
-            raise result  # e.g. a bad token (LoginFailure) ended the client early
+            raise result

@@ -17,8 +17,9 @@ from storage.models import Job
 from storage.queue import JobQueue
 
 from . import texts
-from .outbox import RetryLater, Undeliverable
 from .discord_views import status_view
+from .outbox import RetryLater, Undeliverable
+from .texts import DISCORD_CONTENT_CHARS, fit
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class DiscordDeliverer:
 
     async def post_status(self, job: Job, text: str, *, active: bool = True) -> str:
         """Post the job's status message unless it has one; returns its id either way."""
+        text = fit(text, DISCORD_CONTENT_CHARS)
         async with self.status_lock(job.id):
             current = await self.queue.get_job(job.id)
             if current.status_message_id is not None:
@@ -68,6 +70,7 @@ class DiscordDeliverer:
             return str(message.id)
 
     async def show_status(self, job: Job, text: str, *, active: bool) -> str:
+        text = fit(text, DISCORD_CONTENT_CHARS)
         current = await self.queue.get_job(job.id)
         if current.status_message_id is None:
             return await self.post_status(job, text, active=active)
@@ -81,6 +84,7 @@ class DiscordDeliverer:
         return current.status_message_id
 
     async def send_video(self, job: Job, path: Path, caption: str) -> str:
+        caption = fit(caption, DISCORD_CONTENT_CHARS)
         spoiler = spoiler_for(self.spoiler, bool(job.meta.get("nsfw")))
         name = f"svibot_{job.id}_{Path(path).stem}.mp4"
         try:
@@ -97,6 +101,7 @@ class DiscordDeliverer:
         return str(message.id)
 
     async def send_text(self, job: Job, text: str) -> str:
+        text = fit(text, DISCORD_CONTENT_CHARS)
         message = await _call(lambda: self.channel(job).send(text))
         return str(message.id)
 

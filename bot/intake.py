@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from storage.errors import DiskFull, InputError, JobNotFound, NotAllowed
+from storage.errors import DiskFull, InputError, JobNotFound, NotAllowed, QuotaExceeded
 from storage.models import ACTIVE_STATES, Job, NewJob
 from storage.queue import JobQueue
 from storage.validate import parse_prompts
@@ -30,6 +30,12 @@ class NotQueued(InputError):
     code = "not_queued"
 
 
+class UnknownJob(InputError):
+    """A button or command names a job that does not exist here (or not on this platform)."""
+
+    code = "unknown_job"
+
+
 def new_seed() -> int:
     return random.randint(0, MAX_SEED)
 
@@ -43,7 +49,6 @@ class StoryRequest:
     user_id: str
     text: str  # the prompts, "a | b | c"
     photo: bytes
-    photo_suffix: str = ".img"
     seed: int | None = None  # None: a random seed
     chat_ids: tuple[str, ...] = ()  # extra ids the chat allowlist may match (e.g. a Discord guild)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -77,9 +82,8 @@ async def preflight(queue: JobQueue, config: BotConfig, *, platform: str, user_i
 
 
 async def start_story(queue: JobQueue, config: BotConfig, request: StoryRequest) -> Queued:
-    """Check access, limits and prompts, then queue the job; `enqueue` checks the photo.
-
-    Nothing is queued on error."""
+    """Check access, limits and prompts, then queue the job; `enqueue` checks the photo and,
+    in the insert's transaction, the user's limits again. Nothing is queued on error."""
     prompts = await preflight(queue, config, platform=request.platform, user_id=request.user_id,
                               chat_id=request.chat_id, text=request.text, chat_ids=request.chat_ids)
     seed = new_seed() if request.seed is None else request.seed
@@ -89,8 +93,10 @@ async def start_story(queue: JobQueue, config: BotConfig, request: StoryRequest)
         job = await queue.enqueue(NewJob(
             platform=request.platform, chat_id=str(request.chat_id), user_id=str(request.user_id),
             photo=request.photo, prompts=prompts, settings={**request.settings, "seed": seed},
-            meta=dict(request.meta), photo_suffix=request.photo_suffix,
-        ), config.limits)
+            meta=dict(request.meta),
+        ), config.limits, access.quota_for(config, request.user_id))
+    except QuotaExceeded as err:
+        raise access.refusal(err) from None
     except DiskFull as err:
         log.error("refused a story: %s", err)
         raise NotQueued(texts.DISK_FULL) from err
@@ -104,24 +110,49 @@ async def describe_queued(queue: JobQueue, job: Job) -> Queued:
     return Queued(job=job, position=position, eta_s=eta, workers_online=stats.workers_online)
 
 
-async def reroll(queue: JobQueue, config: BotConfig, job_id: int, *, user_id: str, chat_id: str,
+async def _job_here(queue: JobQueue, config: BotConfig, job_id: int, *, platform: str, user_id: str,
+                    chat_id: str | None, verb: str) -> Job:
+    """The job a button or command acts on, if `user_id` may act on it from `chat_id`.
+
+    A job of another platform does not exist here. Only the owner or an admin may act, and a
+    button (`chat_id` given) only on jobs of the chat it lives in.
+    """
+    try:
+        job = await queue.get_job(job_id)
+    except JobNotFound:
+        job = None
+    if job is None or job.platform != platform:
+        raise UnknownJob(texts.no_such_job_text(job_id, verb))
+    if job.user_id != str(user_id) and not access.is_admin(config, user_id):
+        raise access.AccessDenied(texts.not_your_job_text(job_id, verb))
+    if chat_id is not None and job.chat_id != str(chat_id):
+        raise access.AccessDenied(texts.other_chat_text(job_id, verb))
+    return job
+
+
+async def reroll(queue: JobQueue, config: BotConfig, job_id: int, *, platform: str, user_id: str, chat_id: str,
                  chat_ids: Sequence[str] = (), meta: dict[str, Any] | None = None) -> Queued:
-    """Queue the same photo and prompts again with a new seed, as a new job of `user_id`."""
-    old = await queue.get_job(job_id)
+    """Queue the same photo and prompts again with a new seed, as a new job in the same chat.
+
+    Only the job's owner or an admin may, and only from the chat the job belongs to.
+    """
+    old = await _job_here(queue, config, job_id, platform=platform, user_id=user_id, chat_id=chat_id,
+                          verb="re-roll")
     photo = Path(old.photo_path).read_bytes()
     settings = {k: v for k, v in old.settings.items() if k != "seed"}
     return await start_story(queue, config, StoryRequest(
         platform=old.platform, chat_id=str(chat_id), user_id=str(user_id), text=" | ".join(old.prompts),
-        photo=photo, photo_suffix=Path(old.photo_path).suffix or ".img", chat_ids=tuple(chat_ids),
+        photo=photo, chat_ids=tuple(chat_ids),
         meta={**old.meta, **(meta or {}), "reroll_of": old.id}, settings=settings,
     ))
 
 
 async def cancel(queue: JobQueue, config: BotConfig, *, platform: str, user_id: str,
-                 job_id: int | None) -> str:
+                 job_id: int | None, chat_id: str | None = None) -> str:
     """Cancel `job_id`, or the user's only active job; returns the reply text.
 
-    Raises AccessDenied when the job belongs to someone else (admins may cancel any job).
+    Raises AccessDenied when the job belongs to someone else (admins may cancel any job) or,
+    with `chat_id` (a button), to another chat. A job of another platform is "no job" here.
     """
     if job_id is None:
         active = await queue.jobs_for_user(platform, user_id, active_only=True)
@@ -129,11 +160,15 @@ async def cancel(queue: JobQueue, config: BotConfig, *, platform: str, user_id: 
             return texts.cancel_usage_text(sorted(j.id for j in active))
         job_id = active[0].id
     try:
+        await _job_here(queue, config, job_id, platform=platform, user_id=user_id, chat_id=chat_id,
+                        verb="cancel")
         job = await queue.cancel(job_id, by_user=user_id, is_admin=access.is_admin(config, user_id))
+    except UnknownJob as err:
+        return str(err)
     except JobNotFound:
-        return f"There is no job #{job_id}."
-    except NotAllowed as err:
-        raise access.AccessDenied(f"You cannot cancel job #{job_id}: {err}.") from None
+        return texts.no_such_job_text(job_id, "cancel")
+    except NotAllowed:
+        raise access.AccessDenied(texts.not_your_job_text(job_id, "cancel")) from None
     return texts.cancelled_reply(job)
 
 

@@ -2,10 +2,13 @@
 
 An event is marked delivered only after the platform accepted what it caused, so a crash or a
 restart resends at most the message in flight, and an event already marked is never sent again.
+On stop, the delivery in flight gets `shutdown_grace_s`; one still hanging then is cancelled and
+stays pending, so it is sent at the next start.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -68,6 +71,7 @@ class OutboxConfig:
     batch_size: int = 100
     status_grace_s: float = 30.0  # how long to wait for the adapter to record a job's status message
     max_retry_wait_s: float = 60.0  # a flood wait longer than this is cut, then retried
+    shutdown_grace_s: float = 10.0  # on stop, how long an upload in flight may still take
 
 
 class Outbox:
@@ -89,7 +93,7 @@ class Outbox:
         while not stop.is_set():
             wait = self.config.poll_interval_s
             try:
-                await self.deliver_once()
+                await self._round(stop)
             except RetryLater as err:
                 wait = min(max(err.seconds, wait), self.config.max_retry_wait_s)
                 log.warning("%s asked to slow down; waiting %.1f s", self.deliverer.platform, wait)
@@ -99,6 +103,28 @@ class Outbox:
                 await asyncio.wait_for(stop.wait(), timeout=wait)
             except asyncio.TimeoutError:
                 pass
+
+    async def _round(self, stop: asyncio.Event) -> None:
+        """One `deliver_once`; once `stop` is set it has `shutdown_grace_s` left, then it is cancelled."""
+        task = asyncio.create_task(self.deliver_once())
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                await asyncio.wait({task}, timeout=self.config.shutdown_grace_s)
+            if not task.done():
+                log.warning("stopping: a %s delivery was still in flight after %.0f s; it stays pending and "
+                            "is sent at the next start", self.deliverer.platform, self.config.shutdown_grace_s)
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
+                return
+            task.result()
+        finally:
+            stopped.cancel()
+            if not task.done():  # run() itself was cancelled
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopped
 
     async def deliver_once(self) -> int:
         """One pass over the pending events; returns how many were marked delivered.

@@ -9,23 +9,29 @@ import logging
 from pathlib import Path
 
 from telegram import BotCommand
-from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter
+from telegram import Update
+from telegram.error import BadRequest, ChatMigrated, Forbidden, InvalidToken, NetworkError, RetryAfter
 from telegram.ext import (
     Application,
     ApplicationBuilder,
     CallbackQueryHandler,
     CommandHandler,
     MessageHandler,
+    TypeHandler,
     filters,
 )
 
 from storage.config import DataDir
+from storage.errors import TokenRejected
 from storage.models import Job
 from storage.queue import JobQueue
 
 from . import telegram_handlers as h
-from .config import BotConfig, TelegramConfig, install_secret_filter
+from storage.redact import add_secret
+
+from .config import BotConfig, TelegramConfig
 from .outbox import Outbox, OutboxConfig, RetryLater, Undeliverable
+from .texts import TELEGRAM_CAPTION_CHARS, TELEGRAM_MESSAGE_CHARS, fit
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,7 @@ COMMANDS = [
     BotCommand("queue", "the whole queue (admins)"),
 ]
 UPLOAD_TIMEOUT_S = 600.0  # a 50 MB upload on a slow Colab uplink takes minutes
+TOKEN_REJECTED = "the Telegram token was rejected; check TELEGRAM_BOT_TOKEN"
 
 
 class TelegramDeliverer:
@@ -69,6 +76,7 @@ class TelegramDeliverer:
             raise RetryLater(2.0) from err  # timeouts and dropped connections: try again shortly
 
     async def show_status(self, job: Job, text: str, *, active: bool) -> str:
+        text = fit(text, TELEGRAM_MESSAGE_CHARS)
         markup = h.job_buttons(job.id, active=active)
         if job.status_message_id is not None:
             try:
@@ -85,6 +93,8 @@ class TelegramDeliverer:
         return str(message.message_id)
 
     async def send_video(self, job: Job, path: Path, caption: str) -> str:
+        caption = fit(caption, TELEGRAM_CAPTION_CHARS)
+
         def upload():
             return self.bot.send_video(
                 int(job.chat_id), video=path.read_bytes(), filename=path.name, caption=caption,
@@ -93,6 +103,7 @@ class TelegramDeliverer:
         return str(message.message_id)
 
     async def send_text(self, job: Job, text: str) -> str:
+        text = fit(text, TELEGRAM_MESSAGE_CHARS)
         message = await self._call(lambda: self.bot.send_message(int(job.chat_id), text))
         return str(message.message_id)
 
@@ -115,6 +126,7 @@ def build_application(config: TelegramConfig, bot_config: BotConfig, queue: JobQ
         photos=h.PhotoMemory(ttl_s=config.photo_memory_s))
     photo_or_file = filters.PHOTO | filters.Document.ALL
     story_caption = filters.CaptionRegex(h.STORY_COMMAND.pattern)
+    app.add_handler(TypeHandler(Update, h.gate), group=-1)  # the allowlists, before any other handler
     app.add_handler(CommandHandler(["start", "help"], h.help_command))
     app.add_handler(CommandHandler("story", h.story_command))
     app.add_handler(CommandHandler("status", h.status_command))
@@ -129,22 +141,32 @@ def build_application(config: TelegramConfig, bot_config: BotConfig, queue: JobQ
 
 async def run_telegram(config: TelegramConfig, bot_config: BotConfig, queue: JobQueue, data_dir: DataDir,
                        stop: asyncio.Event) -> None:
-    """Poll Telegram for updates and deliver the outbox until `stop` is set, then shut down cleanly."""
-    install_secret_filter(config.token)
+    """Poll Telegram for updates and deliver the outbox until `stop` is set, then shut down cleanly.
+
+    A token Telegram refuses raises TokenRejected, whose message names the variable, not the token.
+    """
+    add_secret(config.token)
     app = build_application(config, bot_config, queue, data_dir)
     outbox = Outbox(queue, TelegramDeliverer(app.bot, config), OutboxConfig(
-        edit_interval_s=config.edit_interval_s, poll_interval_s=bot_config.poll_interval_s))
-    async with app:  # initialize() checks the token with getMe; shutdown() on exit
-        await app.start()
-        await app.updater.start_polling(
-            timeout=int(config.poll_timeout_s), allowed_updates=["message", "callback_query"])
-        try:
-            await app.bot.set_my_commands(COMMANDS)
-        except NetworkError:  # a cosmetic menu; the bot works without it
-            log.warning("could not set the command menu", exc_info=True)
-        log.info("telegram bot @%s is polling %s", app.bot.username, config.api_base_url)
-        try:
-            await outbox.run(stop)
-        finally:
-            await app.updater.stop()
-            await app.stop()
+        edit_interval_s=config.edit_interval_s, poll_interval_s=bot_config.poll_interval_s,
+        shutdown_grace_s=bot_config.shutdown_grace_s))
+    rejected = False
+    try:
+        async with app:  # initialize() checks the token with getMe; shutdown() on exit
+            await app.start()
+            await app.updater.start_polling(
+                timeout=int(config.poll_timeout_s), allowed_updates=["message", "callback_query"])
+            try:
+                await app.bot.set_my_commands(COMMANDS)
+            except NetworkError:  # a cosmetic menu; the bot works without it
+                log.warning("could not set the command menu", exc_info=True)
+            log.info("telegram bot @%s is polling %s", app.bot.username, config.api_base_url)
+            try:
+                await outbox.run(stop)
+            finally:
+                await app.updater.stop()
+                await app.stop()
+    except InvalidToken:  # PTB's message quotes the token itself
+        rejected = True
+    if rejected:  # raised outside the except block, so no traceback carries PTB's exception along
+        raise TokenRejected(TOKEN_REJECTED)

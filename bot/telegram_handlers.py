@@ -12,15 +12,15 @@ import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import PurePath
+from typing import Any
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
-from telegram.error import RetryAfter
-from telegram.ext import ContextTypes
+from telegram.error import BadRequest, RetryAfter, TelegramError
+from telegram.ext import ApplicationHandlerStop, ContextTypes
 from telegram.warnings import PTBDeprecationWarning
 
 from storage.config import DataDir
-from storage.errors import InputError, NotAnImage
+from storage.errors import InputError, PhotoTooLarge
 from storage.queue import JobQueue
 from storage.validate import check_photo_size
 
@@ -28,6 +28,7 @@ from . import intake, texts
 from .access import AccessDenied, check_allowed
 from .config import BotConfig, TelegramConfig
 from .outbox import STATUS_REPLY_META
+from .texts import TELEGRAM_CALLBACK_ANSWER_CHARS, TELEGRAM_MESSAGE_CHARS, fit
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +38,18 @@ MAX_FLOOD_WAIT_S = 30.0  # a handler waits at most this long; the outbox covers 
 STORY_COMMAND = re.compile(r"^/story(?:@(\w+))?(?:\s+|$)", re.IGNORECASE)
 
 
+class DownloadFailed(InputError):
+    """Telegram would not hand over the file, even after retries."""
+
+    code = "download_failed"
+
+
 @dataclass(frozen=True)
 class PhotoRef:
-    """A photo seen in a chat, not downloaded yet."""
+    """A photo or file seen in a chat, not downloaded yet; its bytes decide whether it is an image."""
 
     file_id: str
     file_size: int | None
-    suffix: str
-    mime_type: str | None = None
-    is_image: bool = True
 
 
 @dataclass
@@ -124,32 +128,55 @@ def story_text(text: str | None, bot_username: str | None) -> str | None:
 
 
 def photo_ref(message: Message | None) -> PhotoRef | None:
-    """The photo in a message: the largest size of a photo, or a document (checked later for MIME)."""
+    """The photo in a message: the largest size of a photo, or any document (its bytes are checked later)."""
     if message is None:
         return None
     if message.photo:
         best = message.photo[-1]  # sizes come smallest first
-        return PhotoRef(best.file_id, best.file_size, ".jpg", "image/jpeg")
+        return PhotoRef(best.file_id, best.file_size)
     if message.document:
-        doc = message.document
-        suffix = PurePath(doc.file_name or "").suffix.lower() or ".img"
-        is_image = bool(doc.mime_type and doc.mime_type.startswith("image/"))
-        return PhotoRef(doc.file_id, doc.file_size, suffix, doc.mime_type, is_image)
+        return PhotoRef(message.document.file_id, message.document.file_size)
     return None
 
 
+async def reply(message: Message, text: str, **kwargs: Any) -> Message:
+    """Reply with `text` cut to Telegram's message limit."""
+    return await message.reply_text(fit(text, TELEGRAM_MESSAGE_CHARS), **kwargs)
+
+
 async def _download(context: ContextTypes.DEFAULT_TYPE, ref: PhotoRef) -> bytes:
-    """Check the size Telegram reports before downloading, then fetch the bytes."""
+    """Check the size Telegram reports, then fetch the bytes, retrying failures with backoff.
+
+    Raises PhotoTooLarge, or DownloadFailed once every attempt failed.
+    """
     d = deps(context)
-    if not ref.is_image:
-        raise NotAnImage(texts.not_an_image_text(ref.mime_type))
     limits = d.bot_config.limits
     if ref.file_size is not None:
         check_photo_size(ref.file_size, limits)
-    tg_file = await context.bot.get_file(ref.file_id)
-    if tg_file.file_size is not None:
-        check_photo_size(tg_file.file_size, limits)
-    return bytes(await tg_file.download_as_bytearray())
+    delays = d.config.file_retry_s
+    attempts = len(delays) + 1
+    for attempt in range(1, attempts + 1):
+        try:
+            tg_file = await context.bot.get_file(ref.file_id)
+            if tg_file.file_size is not None:
+                check_photo_size(tg_file.file_size, limits)
+            return bytes(await tg_file.download_as_bytearray())
+        except BadRequest as err:
+            if "too big" in str(err).lower():  # over what the Bot API hands to bots; asking again won't help
+                raise PhotoTooLarge(texts.TELEGRAM_FILE_TOO_BIG) from None
+            failure: TelegramError = err
+        except TelegramError as err:  # 5xx, timeouts, 429, a 404 on the file URL (PTB names it InvalidToken)
+            failure = err
+        if attempt == attempts:
+            break
+        wait = delays[attempt - 1]
+        if isinstance(failure, RetryAfter):
+            wait = max(wait, min(retry_seconds(failure), MAX_FLOOD_WAIT_S))
+        log.warning("downloading file %s failed (attempt %d of %d): %s; retrying in %.1f s",
+                    ref.file_id, attempt, attempts, failure, wait)
+        await asyncio.sleep(wait)
+    log.error("downloading file %s failed %d times, last: %s", ref.file_id, attempts, failure)
+    raise DownloadFailed(texts.download_failed_text(attempts))
 
 
 async def _start_story(update: Update, context: ContextTypes.DEFAULT_TYPE, text: str, ref: PhotoRef | None) -> None:
@@ -157,28 +184,50 @@ async def _start_story(update: Update, context: ContextTypes.DEFAULT_TYPE, text:
     d = deps(context)
     message, user, chat = update.effective_message, update.effective_user, update.effective_chat
     try:
-        check_allowed(d.bot_config, user.id, chat.id)
         if ref is None:
-            await message.reply_text(texts.NO_PHOTO)
+            await reply(message, texts.NO_PHOTO)
             return
         await intake.preflight(d.queue, d.bot_config, platform=PLATFORM, user_id=str(user.id),
                                chat_id=str(chat.id), text=text)
         photo = await _download(context, ref)
         queued = await intake.start_story(d.queue, d.bot_config, intake.StoryRequest(
             platform=PLATFORM, chat_id=str(chat.id), user_id=str(user.id), text=text, photo=photo,
-            photo_suffix=ref.suffix, meta={STATUS_REPLY_META: True, "message_id": message.message_id},
+            meta={STATUS_REPLY_META: True, "message_id": message.message_id},
         ))
     except (AccessDenied, InputError) as err:
-        await message.reply_text(str(err))
+        await reply(message, str(err))
         return
     d.photos.forget(chat.id)
-    reply = await send_patiently(
-        lambda: message.reply_text(queued.text, reply_markup=job_buttons(queued.job.id, active=True)))
-    await d.queue.set_status_message(queued.job.id, str(reply.message_id))
+    sent = await send_patiently(
+        lambda: reply(message, queued.text, reply_markup=job_buttons(queued.job.id, active=True)))
+    await d.queue.set_status_message(queued.job.id, str(sent.message_id))
+
+
+async def gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Runs before every handler: the allowlists apply to every command, message and button.
+
+    A refused command or button is answered; other messages from outside are ignored.
+    """
+    d = deps(context)
+    user, chat = update.effective_user, update.effective_chat
+    if user is None:  # channel posts and other updates without a person behind them
+        raise ApplicationHandlerStop
+    try:
+        check_allowed(d.bot_config, user.id, chat.id if chat is not None else ())
+    except AccessDenied as err:
+        if update.callback_query is not None:
+            await update.callback_query.answer(fit(str(err), TELEGRAM_CALLBACK_ANSWER_CHARS), show_alert=True)
+        elif update.effective_message is not None and _is_command(update.effective_message):
+            await reply(update.effective_message, str(err))
+        raise ApplicationHandlerStop from None
+
+
+def _is_command(message: Message) -> bool:
+    return (message.text or message.caption or "").startswith("/")
 
 
 async def story_from_caption(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A photo or image file sent with the caption "/story a | b | c"."""
+    """A photo or file sent with the caption "/story a | b | c"."""
     message = update.effective_message
     text = story_text(message.caption, context.bot.username)
     if text is None:
@@ -205,14 +254,14 @@ async def remember_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
 async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/start and /help: usage, limits and the queue length."""
     d = deps(context)
-    await update.effective_message.reply_text(await intake.help_text(d.queue, d.bot_config))
+    await reply(update.effective_message, await intake.help_text(d.queue, d.bot_config))
 
 
 async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/status: your jobs with state, position and ETA, and whether a worker is online."""
     d = deps(context)
     text = await intake.status(d.queue, platform=PLATFORM, user_id=str(update.effective_user.id))
-    await update.effective_message.reply_text(text)
+    await reply(update.effective_message, text)
 
 
 async def cancel_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -222,7 +271,7 @@ async def cancel_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     job_id = None
     if context.args:
         if not context.args[0].lstrip("#").isdigit():
-            await message.reply_text(texts.bad_job_id_text(context.args[0]))
+            await reply(message, texts.bad_job_id_text(context.args[0]))
             return
         job_id = int(context.args[0].lstrip("#"))
     try:
@@ -230,7 +279,7 @@ async def cancel_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
                                    user_id=str(update.effective_user.id), job_id=job_id)
     except AccessDenied as err:
         text = str(err)
-    await message.reply_text(text)
+    await reply(message, text)
 
 
 async def queue_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -240,32 +289,39 @@ async def queue_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
         text = await intake.queue_overview(d.queue, d.bot_config, user_id=str(update.effective_user.id))
     except AccessDenied as err:
         text = str(err)
-    await update.effective_message.reply_text(text)
+    await reply(update.effective_message, text)
 
 
 async def button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """The ❌ Cancel and 🔁 Re-roll buttons under a status message."""
-    d = deps(context)
+    """The ❌ Cancel and 🔁 Re-roll buttons under a status message. Every press is answered once."""
     query = update.callback_query
-    action, _, raw_id = (query.data or "").partition(":")
-    if action not in ("cancel", "reroll") or not raw_id.isdigit():
-        await query.answer("This button is not valid any more.")
-        return
-    user_id, chat_id = str(query.from_user.id), str(update.effective_chat.id)
     try:
-        if action == "cancel":
-            await query.answer(await intake.cancel(d.queue, d.bot_config, platform=PLATFORM, user_id=user_id,
-                                                   job_id=int(raw_id)))
-            return
-        queued = await intake.reroll(d.queue, d.bot_config, int(raw_id), user_id=user_id, chat_id=chat_id,
-                                     meta={STATUS_REPLY_META: True})
+        answer, alert = await _press(update, context)
     except (AccessDenied, InputError) as err:
-        await query.answer(str(err), show_alert=True)
-        return
-    reply = await send_patiently(lambda: context.bot.send_message(
-        update.effective_chat.id, queued.text, reply_markup=job_buttons(queued.job.id, active=True)))
-    await d.queue.set_status_message(queued.job.id, str(reply.message_id))
-    await query.answer(f"Queued job #{queued.job.id}.")
+        answer, alert = str(err), True
+    except Exception:
+        log.exception("button %r failed", query.data)
+        answer, alert = texts.INTERNAL_ERROR, True
+    await query.answer(fit(answer, TELEGRAM_CALLBACK_ANSWER_CHARS), show_alert=alert)
+
+
+async def _press(update: Update, context: ContextTypes.DEFAULT_TYPE) -> tuple[str, bool]:
+    """Act on a button press; returns (answer, show as alert)."""
+    d = deps(context)
+    query, chat = update.callback_query, update.effective_chat
+    action, _, raw_id = (query.data or "").partition(":")
+    if action not in ("cancel", "reroll") or not raw_id.isdigit() or chat is None:
+        return "This button is not valid any more.", False
+    user_id, chat_id = str(query.from_user.id), str(chat.id)
+    if action == "cancel":
+        return await intake.cancel(d.queue, d.bot_config, platform=PLATFORM, user_id=user_id,
+                                   job_id=int(raw_id), chat_id=chat_id), False
+    queued = await intake.reroll(d.queue, d.bot_config, int(raw_id), platform=PLATFORM, user_id=user_id,
+                                 chat_id=chat_id, meta={STATUS_REPLY_META: True})
+    sent = await send_patiently(lambda: context.bot.send_message(
+        chat.id, fit(queued.text, TELEGRAM_MESSAGE_CHARS), reply_markup=job_buttons(queued.job.id, active=True)))
+    await d.queue.set_status_message(queued.job.id, str(sent.message_id))
+    return f"Queued job #{queued.job.id}.", False
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -273,6 +329,6 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     log.error("error while handling an update", exc_info=context.error)
     if isinstance(update, Update) and update.effective_message is not None:
         try:
-            await update.effective_message.reply_text(texts.INTERNAL_ERROR)
+            await reply(update.effective_message, texts.INTERNAL_ERROR)
         except Exception:  # the chat may be unreachable; the error is already logged
             log.warning("could not tell the user about the error", exc_info=True)

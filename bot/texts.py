@@ -1,11 +1,22 @@
 """Every user-facing string of the chat bots, as plain functions of the values they show.
 
-Texts are plain (no Markdown/HTML) so user prompts need no escaping on any platform.
+Texts are plain (no Markdown/HTML) so user prompts need no escaping on any platform. Whatever
+quotes user input quotes a short excerpt, and `fit` cuts any text to a platform's length limit.
 """
 from __future__ import annotations
 
 from storage.config import Limits
 from storage.models import Job
+from storage.redact import redact
+from storage.validate import excerpt
+
+# Platform length limits. Telegram and Discord count characters; a character outside the BMP may
+# count twice, so `fit` counts UTF-16 code units, which is never less.
+TELEGRAM_MESSAGE_CHARS = 4096
+TELEGRAM_CAPTION_CHARS = 1024
+TELEGRAM_CALLBACK_ANSWER_CHARS = 200
+DISCORD_CONTENT_CHARS = 2000
+ELLIPSIS = "\u2026"
 
 SECONDS_PER_SEGMENT = 5  # what a user gets per prompt; the worker's presets make ~5 s clips
 BAR_WIDTH = 10
@@ -14,6 +25,23 @@ RESPONSIBLE_USE = (
     "Use only photos you have the right to use. No sexual content involving real people "
     "and no impersonation of real people. The operator decides who may use the bot."
 )
+
+
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def fit(text: str, limit: int) -> str:
+    """`text` shortened to at most `limit` UTF-16 code units, ending in an ellipsis when cut."""
+    if utf16_len(text) <= limit:
+        return text
+    budget, out = limit - 1, []  # one unit for the ellipsis
+    for ch in text:
+        budget -= 2 if ord(ch) > 0xFFFF else 1
+        if budget < 0:
+            break
+        out.append(ch)
+    return "".join(out).rstrip() + ELLIPSIS
 
 
 def minutes(seconds: float | None) -> str:
@@ -86,7 +114,8 @@ def done_text(job_id: int, num_segments: int, duration_s: float) -> str:
 
 
 def failed_text(job_id: int, error: str) -> str:
-    return f"Job #{job_id} failed: {error}"
+    """The worker's error may quote a URL or a path; tokens in it never reach the chat."""
+    return f"Job #{job_id} failed: {redact(error)}"
 
 
 def cancelled_text(job_id: int, segments_done: int) -> str:
@@ -141,6 +170,8 @@ NO_PHOTO = ("There is no photo for this story. Send a photo with the caption /st
             "reply /story ... to a photo, or send a photo first and then /story ...")
 DISK_FULL = ("The server's disk is full, so your story was not queued. Please try again later; "
              "the operator has been told in the log.")
+TELEGRAM_FILE_TOO_BIG = ("The file is too big for Telegram to hand to bots (over 20 MB). "
+                         "Send a smaller or compressed photo.")
 INTERNAL_ERROR = "Sorry, something went wrong on my side. The error was logged; please try again later."
 
 
@@ -154,11 +185,6 @@ def daily_limit_text(count: int, limit: int, resets_in_s: float) -> str:
     hours, rest = divmod(int(resets_in_s), 3600)
     return (f"You have started {count} stories today; the limit is {limit} per day. "
             f"It resets at 00:00 UTC, in {hours} h {rest // 60} min.")
-
-
-def not_an_image_text(mime_type: str | None) -> str:
-    kind = mime_type or "unknown type"
-    return f"That file is a {kind} document, not an image. Send a JPEG, PNG or WebP photo."
 
 
 def photo_too_large_text(size_bytes: int, limit_bytes: int) -> str:
@@ -182,4 +208,21 @@ def cancelled_reply(job: Job) -> str:
 
 
 def bad_job_id_text(raw: str) -> str:
-    return f"{raw!r} is not a job number; use e.g. /cancel 12"
+    return f"{excerpt(raw, 20)!r} is not a job number; use e.g. /cancel 12"
+
+
+def no_such_job_text(job_id: int, verb: str) -> str:
+    return f"There is no job #{job_id} to {verb}."
+
+
+def not_your_job_text(job_id: int, verb: str) -> str:
+    return f"You cannot {verb} job #{job_id}: only its owner or an admin may {verb} it."
+
+
+def other_chat_text(job_id: int, verb: str) -> str:
+    return f"Job #{job_id} belongs to another chat; you can {verb} it only there."
+
+
+def download_failed_text(attempts: int) -> str:
+    return (f"I could not download your photo from Telegram ({attempts} tries). "
+            "Please send it again in a minute.")

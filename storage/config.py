@@ -17,6 +17,16 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """Per-user limits that `JobQueue.enqueue` checks in the same transaction as the insert,
+    so simultaneous requests cannot all pass the check before any of them is queued."""
+
+    max_active_jobs: int  # queued + running jobs of the user on this platform
+    max_per_day: int  # jobs created since `since`
+    since: float  # start of the counted day (epoch seconds)
+
+
+@dataclass(frozen=True)
 class QueueConfig:
     db_path: Path
     lease_seconds: float = 120.0  # a T4 step takes ~70 s; heartbeats run every lease/4

@@ -48,6 +48,12 @@ class BadSetting(InputError):
     code = "bad_setting"
 
 
+class TokenRejected(BadSetting):
+    """A chat platform refused the bot's token. The message names the variable, never the token."""
+
+    code = "token_rejected"
+
+
 class DiskFull(SvibotError, OSError):
     """The data dir's disk is full. Nothing was left half-written."""
 
@@ -58,6 +64,24 @@ class DiskFull(SvibotError, OSError):
 
 class CorruptDatabase(SvibotError):
     """The queue file exists but is not a usable svibot SQLite database."""
+
+
+class QuotaExceeded(SvibotError):
+    """A per-user limit refused a new job; nothing was written."""
+
+
+class TooManyActiveJobs(QuotaExceeded):
+    def __init__(self, job_ids: list[int], limit: int) -> None:
+        super().__init__(f"{len(job_ids)} active job(s) {job_ids}; the limit is {limit}")
+        self.job_ids = job_ids
+        self.limit = limit
+
+
+class DailyQuotaReached(QuotaExceeded):
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(f"{count} job(s) today; the limit is {limit}")
+        self.count = count
+        self.limit = limit
 
 
 class JobNotFound(SvibotError, LookupError):

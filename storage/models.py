@@ -22,7 +22,6 @@ class NewJob:
     prompts: list[str]
     settings: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)  # platform extras (reply-to ids, guild, ...)
-    photo_suffix: str = ".img"
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from typing import Any
 
 import aiosqlite
 
-from .config import Limits, QueueConfig
-from .errors import CorruptDatabase, JobNotFound, LeaseLost, NotAllowed
+from .config import Limits, QueueConfig, Quota
+from .errors import CorruptDatabase, DailyQuotaReached, JobNotFound, LeaseLost, NotAllowed, TooManyActiveJobs
 from .files import store_photo
 from .models import ACTIVE_STATES, PLATFORMS, Event, Job, NewJob, Segment, Stats
 from .schema import PRAGMAS, check_is_sqlite, migrate
@@ -109,15 +109,21 @@ class JobQueue:
             await self._db.execute("COMMIT")
 
     # -- adapters' side ----------------------------------------------------------------------
-    async def enqueue(self, new: NewJob, limits: Limits) -> Job:
-        """Validate and queue a job. Bad input raises an InputError and writes nothing."""
+    async def enqueue(self, new: NewJob, limits: Limits, quota: Quota | None = None) -> Job:
+        """Validate and queue a job. Bad input raises an InputError and writes nothing.
+
+        With a `quota`, the user's active and daily job counts are checked inside the insert's
+        transaction: a refusal raises TooManyActiveJobs or DailyQuotaReached.
+        """
         if new.platform not in PLATFORMS:
             raise ValueError(f"platform must be one of {PLATFORMS}, not {new.platform!r}")
         prompts = check_prompts(list(new.prompts), limits)
-        check_photo(new.photo, limits)
-        photo_path, digest = store_photo(self._photos_dir, new.photo, new.photo_suffix)
+        info = check_photo(new.photo, limits)
+        photo_path, digest = store_photo(self._photos_dir, new.photo, info.suffix)
         now = self._clock()
         async with self._tx() as db:
+            if quota is not None:
+                await self._check_quota(db, new.platform, str(new.user_id), quota)
             cur = await db.execute(
                 """INSERT INTO jobs (platform, chat_id, user_id, photo_path, photo_sha256, prompts,
                                      settings, meta, created_at, updated_at)
@@ -352,6 +358,20 @@ class JobQueue:
         return Stats(queued=queued or 0, running=running or 0, seconds_per_segment=sps, workers_online=online)
 
     # -- internals ---------------------------------------------------------------------------
+    async def _check_quota(self, db: aiosqlite.Connection, platform: str, user_id: str, quota: Quota) -> None:
+        cur = await db.execute(
+            "SELECT id FROM jobs WHERE platform = ? AND user_id = ? AND state IN ('queued', 'running') ORDER BY id",
+            (platform, user_id))
+        active = [r[0] for r in await cur.fetchall()]
+        if len(active) >= quota.max_active_jobs:
+            raise TooManyActiveJobs(active, quota.max_active_jobs)
+        cur = await db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE platform = ? AND user_id = ? AND created_at >= ?",
+            (platform, user_id, quota.since))
+        (count,) = await cur.fetchone()
+        if count >= quota.max_per_day:
+            raise DailyQuotaReached(count, quota.max_per_day)
+
     async def _owned(self, db: aiosqlite.Connection, job_id: int, worker: WorkerId) -> Job:
         cur = await db.execute(
             "SELECT * FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ?", (job_id, worker.owner))

@@ -1,10 +1,12 @@
 """The one place where user input is checked, shared by the adapters, the CLI and the engine.
 
-Every check raises a specific `InputError` that names the value and the limit.
+Every check raises a specific `InputError` that names the value and the limit. Error texts quote
+at most a short excerpt of what the user sent, so a reply never grows with the input.
 """
 from __future__ import annotations
 
 import io
+import unicodedata
 import warnings
 from dataclasses import dataclass
 
@@ -22,11 +24,45 @@ from .errors import (
 )
 
 SEPARATOR = "|"
+EXCERPT_CHARS = 60
+# Formats a phone or a camera sends (JPEG covers MPO). Recognised by their bytes, never by a name or a MIME type;
+# others (EPS, PSD, ICO, ...) are refused: some decoders call out to other programs.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+SUFFIXES = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
+            "TIFF": ".tiff"}
+# Line breaks and tabs separate words; every other control or format character (zero-width
+# spaces and joiners, bidi overrides, the BOM, soft hyphens) is dropped.
+_SPACES = {"\t", "\n", "\r", "\v", "\f", "\x85", "\u2028", "\u2029"}
+_DROPPED_CATEGORIES = ("Cc", "Cf", "Cs")
+# Letters that render as nothing: a prompt made only of these is empty.
+_BLANK_LETTERS = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"}
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """`text` cut to `limit` characters, ending in an ellipsis when it was cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def normalize_prompt(text: str) -> str:
+    """NFC, with line breaks and tabs as spaces and other control and zero-width characters removed."""
+    out = []
+    for ch in unicodedata.normalize("NFC", text):
+        if ch in _SPACES:
+            out.append(" ")
+        elif unicodedata.category(ch) not in _DROPPED_CATEGORIES:
+            out.append(ch)
+    return "".join(out)
+
+
+def is_blank(text: str) -> bool:
+    """True when nothing in `text` would be visible: no letter, digit, punctuation or symbol."""
+    return not any(unicodedata.category(ch)[0] in "LNPS" and ch not in _BLANK_LETTERS for ch in text)
 
 
 def parse_prompts(text: str | None, limits: Limits) -> list[str]:
-    """Split a story on `|` into stripped prompts, one per segment."""
-    if text is None or not text.strip():
+    """Normalize a story, then split it on `|` into stripped prompts, one per segment."""
+    text = normalize_prompt(text or "")
+    if is_blank(text.replace(SEPARATOR, "")):
         raise EmptyPrompt(
             'The story is empty. Write one prompt per segment, separated by "|", '
             'for example: walk | run | fly'
@@ -35,16 +71,16 @@ def parse_prompts(text: str | None, limits: Limits) -> list[str]:
 
 
 def check_prompts(prompts: list[str], limits: Limits, *, source: str | None = None) -> list[str]:
-    """Strip each prompt and check the list against the limits; returns the stripped list."""
-    parts = [p.strip() for p in prompts]
+    """Normalize and strip each prompt and check the list against the limits; returns the clean list."""
+    parts = [normalize_prompt(p).strip() for p in prompts]
     if not parts:
         raise EmptyPrompt("The story has no prompts. Write one prompt per segment, e.g.: walk | run | fly")
-    empty = [i + 1 for i, p in enumerate(parts) if not p]
+    empty = [i + 1 for i, p in enumerate(parts) if is_blank(p)]
     if empty:
         where = ", ".join(str(i) for i in empty)
-        shown = source if source is not None else " | ".join(parts)
+        shown = normalize_prompt(source) if source is not None else " | ".join(parts)
         raise EmptyPrompt(
-            f"Prompt {where} of {len(parts)} is empty in {shown!r}. "
+            f"Prompt {where} of {len(parts)} is empty in {excerpt(shown.strip())!r}. "
             'Every segment needs some text between the "|" separators.'
         )
     if len(parts) > limits.max_segments:
@@ -66,6 +102,11 @@ class PhotoInfo:
     height: int
     format: str  # PIL format name, e.g. "JPEG"
 
+    @property
+    def suffix(self) -> str:
+        """The file suffix for this format, e.g. ".jpg"."""
+        return SUFFIXES.get(self.format, ".img")
+
 
 def check_photo_size(num_bytes: int, limits: Limits) -> None:
     """Reject a photo by its byte size before downloading or reading it."""
@@ -76,10 +117,35 @@ def check_photo_size(num_bytes: int, limits: Limits) -> None:
         )
 
 
-def check_photo(data: bytes, limits: Limits) -> PhotoInfo:
-    """Check that `data` is a whole, decodable image of an acceptable size.
+def _declared_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from the header of an image too big for `Image.open` (a decompression bomb).
 
-    The header is read first, so a 40+ MP image is refused before it is decoded.
+    `Image.open` refuses such a file before it tells its size, so the format plugins read the
+    header directly, as `Image.open` itself does before its size check.
+    """
+    Image.init()
+    for fmt in IMAGE_FORMATS:
+        factory, accept = Image.OPEN.get(fmt, (None, None))
+        if factory is None or (accept is not None and accept(data[:16]) is not True):
+            continue
+        try:
+            return factory(io.BytesIO(data), "").size
+        except Exception:  # not this format after all; try the next
+            continue
+    return None
+
+
+def _too_many_pixels(width: int, height: int, limits: Limits) -> PhotoTooLarge:
+    return PhotoTooLarge(
+        f"The photo is {width}x{height} = {width * height / 1e6:.1f} MP; the limit is "
+        f"{limits.max_photo_pixels / 1e6:.0f} MP. Send a smaller photo."
+    )
+
+
+def check_photo(data: bytes, limits: Limits) -> PhotoInfo:
+    """Check that `data` is a whole, decodable image of an acceptable size, by its bytes alone.
+
+    The header is read first, so a 40+ MP image is refused (with its size) before it is decoded.
     """
     check_photo_size(len(data), limits)
     if not data:
@@ -87,24 +153,27 @@ def check_photo(data: bytes, limits: Limits) -> PhotoInfo:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
             fmt = img.format or "unknown"
             width, height = img.size
-    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError):
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        size = _declared_size(data)
+        if size is None:
+            raise PhotoTooLarge(f"The photo has too many pixels; the limit is "
+                                f"{limits.max_photo_pixels / 1e6:.0f} MP. Send a smaller photo.") from None
+        raise _too_many_pixels(*size, limits) from None
+    except UnidentifiedImageError:
         raise NotAnImage("That file is not an image I can read; send a JPEG, PNG or WebP photo.") from None
     except OSError as err:
         raise NotAnImage(f"That file is not a readable image ({err}).") from None
     if width * height > limits.max_photo_pixels:
-        raise PhotoTooLarge(
-            f"The photo is {width}x{height} = {width * height / 1e6:.1f} MP; the limit is "
-            f"{limits.max_photo_pixels / 1e6:.0f} MP."
-        )
+        raise _too_many_pixels(width, height, limits)
     if min(width, height) < limits.min_photo_side:
         raise PhotoTooSmall(
             f"The photo is {width}x{height}; each side must be at least {limits.min_photo_side} px."
         )
     try:
-        with Image.open(io.BytesIO(data)) as full:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as full:
             full.load()
     except (OSError, SyntaxError, ValueError) as err:
         raise TruncatedImage(f"The photo is truncated or corrupt ({err}); send it again.") from None

@@ -1,6 +1,7 @@
 """`svibot`: the command line and the single composition root that wires bots, queue and engine.
 
-Exit codes: 0 done, 1 failed, 2 bad arguments or input, 130 interrupted.
+Exit codes: 0 done, 1 failed, 2 bad arguments or input (also a token the platform rejects),
+130 interrupted.
 """
 from __future__ import annotations
 
@@ -16,11 +17,17 @@ from pathlib import Path
 
 from storage import JobQueue, SvibotError
 from storage.errors import InputError
+from storage.redact import redact
 
+from . import logs
 from .config import AppConfig, build_config
 
 log = logging.getLogger("svibot")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# After SIGTERM, `serve` waits this long: the bots' outboxes finish or cancel the delivery in flight
+# (their own grace is shorter) and the worker stops at its next denoising step. A worker still busy
+# then (a slow step) is abandoned: its job goes back to the queue and resumes at the next start.
+SERVE_STOP_S = 20.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,9 +144,9 @@ async def cmd_worker(cfg: AppConfig, args: argparse.Namespace) -> int:
 
 async def cmd_serve(cfg: AppConfig, args: argparse.Namespace) -> int:
     """Bots and (unless --no-worker) the worker in one process, around one queue."""
-    from bot.config import BotConfig, DiscordConfig, TelegramConfig, install_secret_filter
-
+    from bot.config import BotConfig, DiscordConfig, TelegramConfig
     from engine.worker import Worker
+    from storage.redact import add_secret
 
     if not (args.telegram or args.discord):
         print("svibot serve needs --telegram and/or --discord", file=sys.stderr)
@@ -158,29 +165,53 @@ async def cmd_serve(cfg: AppConfig, args: argparse.Namespace) -> int:
         print(f"svibot: {err}", file=sys.stderr)
         return EXIT_USAGE
     for _, conf in platforms:
-        install_secret_filter(conf.token)
+        add_secret(conf.token)
     stop, interrupted = asyncio.Event(), []
     _stop_on_signals(stop, interrupted)
     if args.snapshot_to:
         from storage.backup import restore
         if restore(args.snapshot_to, cfg.queue.db_path):
             log.info("restored the queue from %s", args.snapshot_to)
+    worker = None
     async with await JobQueue.open(cfg.queue, cfg.data_dir.photos) as queue:
         tasks = [asyncio.create_task(run(conf, bot_config, queue, cfg.data_dir, stop)) for run, conf in platforms]
         if not args.no_worker:
-            tasks.append(asyncio.create_task(Worker(queue, cfg.worker).run(stop)))
+            worker = Worker(queue, cfg.worker)
+            tasks.append(asyncio.create_task(worker.run(stop)))
         if args.snapshot_to:
             from storage.backup import snapshot_loop
             tasks.append(asyncio.create_task(
                 snapshot_loop(cfg.queue.db_path, args.snapshot_to, args.snapshot_every, stop)))
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait([*tasks, stopped], return_when=asyncio.FIRST_COMPLETED)  # a signal, or a task ended
         stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for t in done:
-            if t.exception() is not None:
-                raise t.exception()
+        _, busy = await asyncio.wait(tasks, timeout=SERVE_STOP_S)
+        if busy:
+            log.warning("still busy %.0f s after the stop; cancelling what is left; work in flight resumes "
+                        "at the next start", SERVE_STOP_S)
+            for task in busy:
+                task.cancel()
+            await asyncio.wait(busy, timeout=2.0)
+            if worker is not None:
+                await _release_leases(queue, worker)
+        failed = next((t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()), None)
+        if failed is not None:
+            raise failed
     log.info("svibot serve stopped%s", " by a signal" if interrupted else "")
+    if busy and worker is not None:
+        # The engine thread may be mid-step and cannot be interrupted; waiting for it would take
+        # the process past the bound, so exit now (the queue is closed, its job released).
+        logging.shutdown()
+        os._exit(EXIT_OK)
     return EXIT_OK
+
+
+async def _release_leases(queue: JobQueue, worker) -> None:
+    """Give the abandoned worker's running jobs back to the queue without counting an attempt."""
+    for job in await queue.list_jobs(["running"], limit=1000):
+        if job.lease_owner == worker.me.owner:
+            await queue.release(job.id, worker.me)
+            log.info("job #%d released for the next start", job.id)
 
 
 async def cmd_download(cfg: AppConfig, args: argparse.Namespace) -> int:
@@ -224,16 +255,15 @@ COMMANDS = {"jobs": cmd_jobs, "worker": cmd_worker, "serve": cmd_serve,
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level, os.environ)
     try:
         cfg = build_config(args, os.environ)
         return asyncio.run(COMMANDS[args.command](cfg, args))
-    except InputError as err:
-        print(f"svibot: {err}", file=sys.stderr)
+    except InputError as err:  # one line, no traceback: e.g. "the Telegram token was rejected; ..."
+        sys.stderr.write(f"svibot: {redact(err)}\n")  # one write: a logging thread cannot split the line
         return EXIT_USAGE
     except SvibotError as err:
-        print(f"svibot: {err}", file=sys.stderr)
+        sys.stderr.write(f"svibot: {redact(err)}\n")
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -46,8 +46,7 @@ async def run_story(cfg: AppConfig, args: argparse.Namespace, stop: asyncio.Even
     async with await JobQueue.open(cfg.queue, cfg.data_dir.photos) as queue:
         # 2. Queue it like any front end would.
         job = await queue.enqueue(NewJob(platform="cli", chat_id="local", user_id=getpass.getuser(),
-                                         photo=photo, prompts=prompts, settings=settings,
-                                         photo_suffix=args.photo.suffix.lower() or ".img"), cfg.limits)
+                                         photo=photo, prompts=prompts, settings=settings), cfg.limits)
         print(f"svibot: job #{job.id} queued ({len(prompts)} segments, preset {preset.name}, seed {args.seed})",
               file=sys.stderr)
         # 3. Run the worker here until our job ends, and follow its events.

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.config import BotConfig, TelegramConfig, remove_secret_filter
+from bot.config import BotConfig, TelegramConfig
 from bot.telegram import run_telegram
 from storage import DataDir, JobQueue, QueueConfig
+from storage.redact import forget_secret
 from tests.fakes.scripted_worker import ScriptedWorker
 from tests.fakes.telegram_api import FakeTelegram
 
@@ -44,7 +45,7 @@ async def fake_telegram():
     await fake.start()
     yield fake
     await fake.stop()
-    remove_secret_filter(fake.token)
+    forget_secret(fake.token)
 
 
 class TelegramBotRunner:

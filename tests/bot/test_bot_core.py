@@ -1,7 +1,6 @@
-"""The shared bot parts: config from the environment, the secret filter, access rules, texts, media."""
+"""The shared bot parts: config from the environment, access rules, texts, media."""
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -10,15 +9,7 @@ import numpy as np
 import pytest
 
 from bot import access, intake, media, texts
-from bot.config import (
-    REDACTED,
-    BotConfig,
-    DiscordConfig,
-    SecretFilter,
-    TelegramConfig,
-    install_secret_filter,
-    remove_secret_filter,
-)
+from bot.config import BotConfig, DiscordConfig, TelegramConfig
 from storage import Limits, NewJob
 from tests.fakes.scripted_worker import count_frames
 
@@ -57,25 +48,6 @@ def test_discord_config_from_env():
         DiscordConfig.from_env({"DISCORD_BOT_TOKEN": "t", "SVIBOT_DISCORD_SPOILER": "maybe"})
     with pytest.raises(ValueError, match="DISCORD_GUILD_ID must be a numeric id, not 'abc'"):
         DiscordConfig.from_env({"DISCORD_BOT_TOKEN": "t", "DISCORD_GUILD_ID": "abc"})
-
-
-def test_secret_filter_redacts_messages_args_and_tracebacks(caplog):
-    secret = "999:SECRET-test-token"
-    caplog.set_level(logging.INFO)
-    install_secret_filter(secret)
-    install_secret_filter(secret)  # idempotent
-    try:
-        assert sum(isinstance(f, SecretFilter) for f in logging.getLogger("httpx").filters) == 1
-        logging.getLogger("httpx").info("HTTP Request: POST %s", f"https://api.telegram.org/bot{secret}/getMe")
-        try:
-            raise ConnectionError(f"cannot reach https://api.telegram.org/bot{secret}/sendVideo")
-        except ConnectionError:
-            logging.getLogger("telegram.ext.Updater").exception("polling failed")  # a child logger
-        assert secret not in caplog.text
-        assert caplog.text.count(REDACTED) == 2
-    finally:
-        remove_secret_filter(secret)
-    assert not any(isinstance(f, SecretFilter) for f in logging.getLogger("httpx").filters)
 
 
 # -- access ---------------------------------------------------------------------------------------

@@ -20,11 +20,12 @@ import pytest
 import yarl
 from PIL import Image
 
-from bot.config import BotConfig, DiscordConfig, remove_secret_filter
+from bot.config import BotConfig, DiscordConfig
 from bot.discord_app import NO_IMAGE, run_discord
 from bot.discord_delivery import spoiler_for
 from storage.config import DataDir
 from storage.queue import JobQueue, WorkerId
+from storage.redact import forget_secret
 from tests.fakes.discord_api import FakeDiscord
 
 TOKEN = "MTIzNDU2Nzg5.fake-discord.token-for-tests"
@@ -43,7 +44,7 @@ async def fake(monkeypatch) -> AsyncIterator[FakeDiscord]:
                 url = (await r.json())["url"]
         monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(url))
         yield fake
-    remove_secret_filter(TOKEN)
+    forget_secret(TOKEN)
 
 
 @pytest.fixture
@@ -296,7 +297,7 @@ async def test_age_restricted_channel_gets_no_spoilers(queue, data_dir, bot_conf
             await scripted_worker(queue, data_dir)
             await fake.wait_for(lambda: len([m for m in fake.channel_messages() if m.uploads]) == 2)
         assert not any(m.uploads[0].spoiler for m in fake.channel_messages() if m.uploads)
-    remove_secret_filter(TOKEN)
+    forget_secret(TOKEN)
 
 
 async def test_token_never_reaches_the_logs(fake, queue, data_dir, bot_config, caplog):

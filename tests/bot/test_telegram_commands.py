@@ -72,7 +72,7 @@ async def test_bad_input_gets_a_specific_reply_and_queues_nothing(fake_telegram,
         (dict(caption="/story a", photo=png_bytes(), reported_size=25 * 1024 * 1024),
          "The photo is 25.0 MB; the limit is 20 MB"),
         (dict(caption="/story a", document=(b"%PDF-1.4\n%\xe2\xe3\n", "application/pdf", "story.pdf")),
-         "application/pdf document, not an image"),
+         "not an image I can read"),
         (dict(caption="/story a", document=(b"not really a png", "image/png", "fake.png")),
          "not an image I can read"),
     ]

@@ -1,14 +1,18 @@
 """A small fake Discord on 127.0.0.1: the REST routes svibot's bot uses plus a gateway websocket.
 
 The real discord.py `Client` talks to it once `discord.http.Route.BASE` points at `api_base` and
-the gateway URL (served by `GET /gateway/bot`) is used for the websocket.
+the gateway URL (served by `GET /gateway/bot`) is used for the websocket. Like Discord it refuses
+message content over 2000 characters, and it works out whom each message would ping from its
+content and its `allowed_mentions` (none given: every mention in the content pings).
 """
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import re
+import secrets
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -18,6 +22,31 @@ from aiohttp import WSMsgType, web
 
 DISCORD_EPOCH_MS = 1420070400000
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # a guild without boosts
+CONTENT_CHARS = 2000
+USER_MENTION = re.compile(r"<@!?(\d+)>")
+ROLE_MENTION = re.compile(r"<@&(\d+)>")
+
+
+def pings(content: str, allowed_mentions: dict[str, Any] | None) -> set[str]:
+    """Whom a new message pings: "everyone", "user:<id>", "role:<id>" (Discord's allowed_mentions rules)."""
+    parse = {"users", "roles", "everyone"} if allowed_mentions is None else set(allowed_mentions.get("parse") or ())
+    users = set((allowed_mentions or {}).get("users") or ())
+    roles = set((allowed_mentions or {}).get("roles") or ())
+    out = set()
+    if "everyone" in parse and ("@everyone" in content or "@here" in content):
+        out.add("everyone")
+    out |= {f"user:{u}" for u in USER_MENTION.findall(content) if "users" in parse or u in users}
+    out |= {f"role:{r}" for r in ROLE_MENTION.findall(content) if "roles" in parse or r in roles}
+    return out
+
+
+def content_error(content: str) -> dict[str, Any]:
+    return {"message": "Invalid Form Body", "code": 50035, "errors": {"content": {"_errors": [
+        {"code": "BASE_TYPE_MAX_LENGTH", "message": f"Must be {CONTENT_CHARS} or fewer in length."}]}}}
+
+
+def too_long(content: object) -> bool:
+    return isinstance(content, str) and len(content.encode("utf-16-le")) // 2 > CONTENT_CHARS
 
 # Gateway opcodes (https://discord.com/developers/docs/topics/opcodes-and-status-codes)
 OP_DISPATCH, OP_HEARTBEAT, OP_IDENTIFY, OP_RESUME = 0, 1, 2, 6
@@ -52,6 +81,8 @@ class FakeMessage:
     edits: list[dict[str, Any]] = field(default_factory=list)
     via: str = "channel"  # or "followup" / "original"
     token: str | None = None  # the interaction token for webhook messages
+    allowed_mentions: dict[str, Any] | None = None  # as sent when the message was created
+    pinged: set[str] = field(default_factory=set)  # whom the message pinged when it was created
 
     def payload(self, fake: "FakeDiscord") -> dict[str, Any]:
         return {
@@ -114,7 +145,10 @@ class FakeDiscord:
         self.commands: dict[str, list[dict[str, Any]]] = {}  # scope ("global" or guild id) -> commands
         self.attachments: dict[str, bytes] = {}
         self.rejected_uploads: list[int] = []  # sizes of uploads refused with 413
+        self.rejected_content: list[int] = []  # lengths of contents refused as too long
+        self.writes: list[dict[str, Any]] = []  # every message body the bot sent (create, edit, callback)
         self._rate_limits: list[tuple[str, re.Pattern[str], float]] = []
+        self._refusals: list[tuple[str, re.Pattern[str], int]] = []
         self._tokens_expired = False
         self._interaction_tokens: dict[str, int] = {}  # token -> interaction id
         self._sockets: list[web.WebSocketResponse] = []
@@ -157,6 +191,10 @@ class FakeDiscord:
     def rate_limit(self, method: str, path_regex: str, retry_after: float = 0.3) -> None:
         """Answer the next matching request with a 429 (the client must wait and retry)."""
         self._rate_limits.append((method, re.compile(path_regex), retry_after))
+
+    def refuse(self, method: str, path_regex: str, status: int = 400) -> None:
+        """Answer the next matching request with an error `status` (e.g. a refused edit)."""
+        self._refusals.append((method, re.compile(path_regex), status))
 
     def expire_tokens(self) -> None:
         """Every interaction token from now on is invalid (as after Discord's 15 minutes)."""
@@ -267,6 +305,10 @@ class FakeDiscord:
                     status=429, headers={"Retry-After": str(retry_after), "X-RateLimit-Scope": "user",
                              # without a Via header discord.py takes a 429 for a Cloudflare ban
                              "Via": "1.1 google"})
+        for i, (method, pattern, status) in enumerate(self._refusals):
+            if method == request.method and pattern.fullmatch(path):
+                del self._refusals[i]
+                return _json({"message": "Invalid Form Body", "code": 50035}, status=status)
         is_webhook = path.startswith("/interactions/") or path.startswith("/webhooks/")
         if not is_webhook and request.headers.get("Authorization") != f"Bot {self.token}":
             return _json({"message": "401: Unauthorized", "code": 0}, status=401)
@@ -298,6 +340,11 @@ class FakeDiscord:
                 return _json({"message": "Unknown interaction", "code": 10062}, status=404)
             body, uploads = await self._read_body(request)
             data = body.get("data") or {}
+            if body["type"] in (4, 7):
+                self.writes.append(data)
+                if too_long(data.get("content")):
+                    self.rejected_content.append(len(data["content"]))
+                    return _json(content_error(data["content"]), status=400)
             self.callbacks.append(Callback(int(mt.group(1)), body["type"], data))
             answer: dict[str, Any] = {"interaction": {
                 "id": mt.group(1), "type": 2, "response_message_loading": body["type"] == 5,
@@ -305,7 +352,8 @@ class FakeDiscord:
             if body["type"] in (4, 5):  # a message (or its "thinking..." placeholder) under the command
                 msg = FakeMessage(snowflake_at(time.time(), next(self._ids)), self.channel_id,
                                   data.get("content") or "", uploads, data.get("components") or [],
-                                  via="original", token=mt.group(2))
+                                  via="original", token=mt.group(2), allowed_mentions=data.get("allowed_mentions"),
+                                  pinged=pings(data.get("content") or "", data.get("allowed_mentions")))
                 self.messages[msg.id] = msg
                 answer["interaction"]["response_message_id"] = str(msg.id)
                 answer["resource"] = {"type": body["type"], "message": msg.payload(self)}
@@ -339,14 +387,20 @@ class FakeDiscord:
             self.messages.pop(int(message_id or 0), None)
             return web.Response(status=204)
         body, uploads = await self._read_body(request)
+        self.writes.append(body)
+        if too_long(body.get("content")):
+            self.rejected_content.append(len(body["content"]))
+            return _json(content_error(body["content"]), status=400)
         total = sum(len(u.data) for u in uploads)
         if total > self.upload_limit:
             self.rejected_uploads.append(total)
             return _json({"message": "Request entity too large", "code": 40005}, status=413)
         if request.method == "POST" and message_id is None:
             msg_id = snowflake_at(time.time(), next(self._ids))
-            msg = FakeMessage(msg_id, channel_id, body.get("content") or "", uploads, body.get("components") or [],
-                              via=via, token=token)
+            content = body.get("content") or ""
+            msg = FakeMessage(msg_id, channel_id, content, uploads, body.get("components") or [],
+                              via=via, token=token, allowed_mentions=body.get("allowed_mentions"),
+                              pinged=pings(content, body.get("allowed_mentions")))
             self.messages[msg_id] = msg
             return _json(msg.payload(self))
         if request.method == "PATCH":
@@ -378,7 +432,9 @@ class FakeDiscord:
     def _interaction(self, type_: int, user_id: int, data: dict[str, Any], *, age_s: float = 0.0,
                      message: dict[str, Any] | None = None) -> dict[str, Any]:
         iid = snowflake_at(time.time() - age_s, next(self._ids))
-        token = f"itoken-{iid}"
+        # Shaped like a real one: base64 of "interaction:<id>:<random>", well over 100 characters.
+        token = base64.urlsafe_b64encode(f"interaction:{iid}:{secrets.token_urlsafe(96)}".encode()).decode()
+        token = token.rstrip("=")
         self._interaction_tokens[token] = iid
         payload: dict[str, Any] = {
             "id": str(iid), "application_id": str(self.application_id), "type": type_, "data": data,

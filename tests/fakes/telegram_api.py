@@ -1,7 +1,9 @@
 """A small fake Telegram Bot API server on 127.0.0.1 for driving the real python-telegram-bot stack.
 
 It serves the methods the bot calls, records what it receives, lets a test inject user updates
-(messages, photos, documents, button presses), fake file sizes, and 429 flood errors.
+(messages, photos, documents, button presses), fake file sizes, errors (429 flood control, 4xx,
+5xx, failed file downloads, a rejected token) and requests that hang. Like the real Bot API it
+refuses texts over the length limits (4096 per message, 1024 per caption, 200 per button answer).
 """
 from __future__ import annotations
 
@@ -17,6 +19,12 @@ from aiohttp import web
 
 BOT_USER = {"id": 4242, "is_bot": True, "first_name": "SVI", "username": "svibot_test"}
 TEXT_FIELDS = ("text", "caption")  # never JSON-decode these: a prompt "1" must stay a string
+MESSAGE_CHARS, CAPTION_CHARS, CALLBACK_ANSWER_CHARS = 4096, 1024, 200
+
+
+def utf16_len(text: str) -> int:
+    """Telegram counts lengths in UTF-16 code units."""
+    return len(text.encode("utf-16-le")) // 2
 
 
 @dataclass
@@ -60,7 +68,11 @@ class FakeTelegram:
         self._update_ids = itertools.count(1)
         self._message_ids = itertools.count(100)
         self._file_ids = itertools.count(1)
-        self._failures: dict[str, list[int]] = {}
+        self._failures: dict[str, list[tuple[int, str, int]]] = {}  # method -> (status, description, retry)
+        self._download_failures: list[int] = []  # HTTP statuses for the next file downloads
+        self._hanging: set[str] = set()  # methods whose next call never answers
+        self._release = asyncio.Event()
+        self.get_me_status: int | None = None  # e.g. 401 or 404: getMe refuses the token
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.base_url = ""
@@ -79,6 +91,7 @@ class FakeTelegram:
         return self.base_url
 
     async def stop(self) -> None:
+        self._release.set()  # let hanging requests finish so the server can close
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -97,9 +110,21 @@ class FakeTelegram:
                                 f"files/file_{n}.{suffix}")
         return file_id
 
-    def fail_next(self, method: str, retry_after: int = 1, times: int = 1) -> None:
-        """Answer the next `times` calls of `method` with 429 Too Many Requests."""
-        self._failures.setdefault(method, []).extend([retry_after] * times)
+    def fail_next(self, method: str, retry_after: int = 1, times: int = 1, *, status: int = 429,
+                  description: str | None = None) -> None:
+        """Answer the next `times` calls of `method` with an error (429 Too Many Requests by default)."""
+        if description is None:
+            description = (f"Too Many Requests: retry after {retry_after}" if status == 429
+                           else "Internal Server Error" if status >= 500 else "Bad Request: wrong file_id")
+        self._failures.setdefault(method, []).extend([(status, description, retry_after)] * times)
+
+    def fail_downloads(self, times: int = 1, status: int = 404) -> None:
+        """Answer the next `times` file downloads (GET /file/bot<token>/...) with `status`."""
+        self._download_failures.extend([status] * times)
+
+    def hang_next(self, method: str) -> None:
+        """The next call of `method` is received but never answered (until the server stops)."""
+        self._hanging.add(method)
 
     def user_message(self, chat_id: int, user_id: int, *, text: str | None = None, caption: str | None = None,
                      photo: bytes | None = None, document: tuple[bytes, str, str] | None = None,
@@ -234,9 +259,20 @@ class FakeTelegram:
         self.calls.append((method, params))
         try:
             if self._failures.get(method):
-                retry_after = self._failures[method].pop(0)
-                self.rejected.append((method, 429))
-                return self._error(429, f"Too Many Requests: retry after {retry_after}", retry_after=retry_after)
+                status, description, retry_after = self._failures[method].pop(0)
+                self.rejected.append((method, status))
+                if status == 429:
+                    return self._error(429, description, retry_after=retry_after)
+                return self._error(status, description)
+            if method in self._hanging:
+                self._hanging.discard(method)
+                await self._notify()
+                await self._release.wait()
+                return self._error(504, "Gateway Timeout")
+            too_long = self._too_long(method, params)
+            if too_long is not None:
+                self.rejected.append((method, 400))
+                return self._error(400, too_long)
             handler = getattr(self, f"_m_{method}", None)
             if handler is None:
                 return self._error(404, f"Not Found: method {method} not found")
@@ -244,9 +280,30 @@ class FakeTelegram:
         finally:
             await self._notify()
 
+    @staticmethod
+    def _too_long(method: str, params: dict[str, Any]) -> str | None:
+        """The Bot API's refusal of a text over its limit (or an empty message text), else None."""
+        if method in ("sendMessage", "editMessageText"):
+            text = str(params.get("text") or "")
+            if not text.strip():
+                return "Bad Request: message text is empty"
+            if utf16_len(text) > MESSAGE_CHARS:
+                return "Bad Request: message is too long"
+        if method in ("sendVideo", "sendDocument", "sendPhoto") and utf16_len(str(params.get("caption") or "")) \
+                > CAPTION_CHARS:
+            return "Bad Request: message caption is too long"
+        if method == "answerCallbackQuery" and utf16_len(str(params.get("text") or "")) > CALLBACK_ANSWER_CHARS:
+            return "Bad Request: MESSAGE_TOO_LONG"
+        return None
+
     async def _download(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != self.token:
             return web.Response(status=401)
+        if self._download_failures:
+            status = self._download_failures.pop(0)
+            self.rejected.append(("download", status))
+            await self._notify()
+            return web.Response(status=status)
         for data, _, path in self._files.values():
             if path == request.match_info["path"]:
                 return web.Response(body=data)
@@ -254,6 +311,8 @@ class FakeTelegram:
 
     # -- Bot API methods ---------------------------------------------------------------------------
     async def _m_getMe(self, params: dict, files: dict) -> web.Response:
+        if self.get_me_status is not None:
+            return self._error(self.get_me_status, "Unauthorized" if self.get_me_status == 401 else "Not Found")
         return self._ok(BOT_USER)
 
     async def _m_deleteWebhook(self, params: dict, files: dict) -> web.Response:

@@ -145,3 +145,49 @@ async def test_schema_version_and_newer_database_refused(make_queue, data_dir, c
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(CorruptDatabase, match="newer than this svibot"):
         await JobQueue.open(QueueConfig(db_path=data_dir.db_path), data_dir.photos, clock=clock)
+
+
+# -- hostile text and images ----------------------------------------------------------------------
+@pytest.mark.parametrize("text", ["\u200b | \u200b", "\u200b\u200c\u2060\ufeff", "\x00\x07 | \u202e",
+                                  "\u3164 | \u115f"])
+def test_invisible_prompts_are_empty(text):
+    with pytest.raises(EmptyPrompt, match="The story is empty"):
+        parse_prompts(text, Limits())
+
+
+def test_prompts_are_normalised_before_they_are_checked():
+    decomposed = "cafe\u0301"  # e + combining acute: NFC makes it one character
+    got = parse_prompts(f"{decomposed} \u200bopens | a\tcat\nruns\x07 | \u202eflies", Limits(max_prompt_chars=11))
+    assert got == ["caf\u00e9 opens", "a cat runs", "flies"]
+    assert len(got[0]) == 10  # counted after NFC, so it fits the limit of 11
+
+
+def test_an_empty_part_in_a_long_story_quotes_only_an_excerpt():
+    story = "x" * 1500 + " | | " + "y" * 1500
+    with pytest.raises(EmptyPrompt) as err:
+        parse_prompts(story, Limits(max_prompt_chars=2000))
+    message = str(err.value)
+    assert message.startswith("Prompt 2 of 3 is empty in 'xxx") and "\u2026'" in message
+    assert len(message) < 200
+
+
+async def test_a_decompression_bomb_is_refused_with_its_size(make_queue, limits):
+    q = await make_queue()
+    with pytest.raises(PhotoTooLarge, match=r"100000x100000 = 10000\.0 MP; the limit is 40 MP"):
+        await q.enqueue(new_job(photo=_png_header_only(100000, 100000)), limits)
+    assert await q.list_jobs() == []
+
+
+async def test_the_stored_photo_is_named_by_its_content_not_by_what_the_sender_said(make_queue, limits):
+    buf = io.BytesIO()
+    Image.new("RGB", (80, 80), "teal").save(buf, "JPEG")
+    q = await make_queue()
+    job = await q.enqueue(new_job(photo=buf.getvalue()), limits)
+    assert job.photo_path.endswith(".jpg")
+
+
+def test_formats_whose_decoders_run_other_programs_are_refused():
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\n" + b"0 0 moveto\n" * 50
+    with pytest.raises(NotAnImage, match="not an image I can read"):
+        from storage.validate import check_photo
+        check_photo(eps, Limits())
