@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.svi import segment_timesteps
+from engine.sampling import segment_timesteps
 from tests.support.engine_helpers import PROMPTS, record_story
 
 
@@ -59,6 +59,13 @@ def test_boundary_moves_the_switch(tiny_models, photo, tiny_settings, settings_w
 
 def test_guidance_runs_a_negative_pass_per_step(tiny_models, photo, tiny_settings, settings_with):
 
-    settings = settings_with(tiny_settings, guidance_scale=3.5, num_frames=5)
+    settings = settings_with(tiny_settings, guidance_high=3.5, guidance_low=3.5, num_frames=5)
     rec = record_story(tiny_models, photo, ["walk"], settings)
     assert len(rec.calls) == 2 * settings.num_inference_steps
+
+
+def test_guidance_is_per_expert(tiny_models, photo, tiny_settings, settings_with):
+    # 4 steps split 2 + 2: guidance only on the high-noise expert adds one negative pass per high step
+    settings = settings_with(tiny_settings, guidance_high=2.0, guidance_low=1.0, num_frames=5)
+    rec = record_story(tiny_models, photo, ["walk"], settings)
+    assert [name for _, name, _, _ in rec.calls] == ["high", "high", "high", "high", "low", "low"]

@@ -10,7 +10,6 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from safetensors.torch import save_file
 
-from engine.config import LoraStrengths
 from engine.models.config import EngineConfig
 from engine.models.download import download_preset
 from tests.support.gguf_writer import diffusers_to_wan_keys, write_wan_gguf
@@ -87,16 +86,15 @@ def test_download_then_load_then_generate(tiny_repo, tmp_path, monkeypatch):
     monkeypatch.setitem(PRESETS, "tiny_gguf", preset)
     with FakeHub(repos) as hub:
         download_preset("tiny_gguf", tmp_path, endpoint=hub.endpoint, progress=False, token=None)
-    strengths = LoraStrengths(svi_high=1.0, svi_low=1.0, lightx2v_high=0.5, lightx2v_low=1.0)
     try:
-        models = load_models(EngineConfig(preset="tiny_gguf", models_dir=tmp_path, device="cpu",
-                                          lora_strengths=strengths))
+        models = load_models(EngineConfig(preset="tiny_gguf", models_dir=tmp_path, device="cpu"))
         assert type(models.transformer.blocks[0].ffn.net[2]).__name__ == "GGUFLinear"
         assert type(models.transformer_2.condition_embedder.text_embedder.linear_1).__name__ == "GGUFLinear"
         assert set(models.transformer.peft_config) == {"svi", "lightx2v"}
         assert set(models.transformer_2.peft_config) == {"svi", "lightx2v"}
         q = models.transformer.blocks[0].attn1.to_q
-        assert q.scaling == {"svi": 1.0, "lightx2v": 0.5}  # per-expert strengths, unfused
+        assert q.scaling == {"svi": 1.0, "lightx2v": 0.5}  # the fast recipe's per-expert strengths, unfused
+        assert models.adapters == {"svi", "lightx2v"}
         assert models.transformer_2.blocks[0].attn1.to_q.scaling == {"svi": 1.0, "lightx2v": 1.0}
         results = generate_story(models, make_photo(), ["walk", "run"], preset.settings)
         assert [len(r.frames) for r in results] == [9, 4]
