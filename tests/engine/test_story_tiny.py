@@ -140,3 +140,10 @@ def test_models_stay_loaded_between_calls():
     models = load_models(config)
     assert load_models(config) is models
     assert models.is_random_weights and "random weights" in models.label
+
+
+def test_svi_pro_on_real_weights_without_the_svi_lora_is_refused(photo, tiny_settings):
+    plain = Models(*(Untouchable(),) * 5, device=torch.device("cpu"), dtype=torch.float32,
+                   preset="q4_k_m", label="Wan 2.2 I2V A14B Q4_K_M", is_random_weights=False)  # loaded without LoRAs
+    with pytest.raises(BadSetting, match="svi-pro chaining needs the SVI LoRA, but preset q4_k_m was loaded without"):
+        generate_story(plain, photo, ["walk"], tiny_settings)

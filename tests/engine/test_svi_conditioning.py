@@ -69,3 +69,25 @@ def test_guidance_is_per_expert(tiny_models, photo, tiny_settings, settings_with
     settings = settings_with(tiny_settings, guidance_high=2.0, guidance_low=1.0, num_frames=5)
     rec = record_story(tiny_models, photo, ["walk"], settings)
     assert [name for _, name, _, _ in rec.calls] == ["high", "high", "high", "high", "low", "low"]
+
+
+def test_last_frame_chaining_pads_with_encoded_black_frames(tiny_models, photo, tiny_settings, settings_with):
+    """Plain Wan I2V (Wan-Video/Wan2.2 wan/image2video.py): y = VAE([frame, zeros x (F - 1)]), not zero latents."""
+    from engine.photo import fit_photo, image_to_array, load_photo
+
+    settings = settings_with(tiny_settings, chaining="last-frame", num_frames=9)
+    rec = record_story(tiny_models, photo, ["walk"], settings)
+    x = rec.calls[0][3][0]  # (36, T, h, w)
+    mask, cond = x[16:20], x[20:36]
+    assert torch.all(mask[:, 0] == 1) and torch.all(mask[:, 1:] == 0)
+    frame = image_to_array(fit_photo(load_photo(photo), settings.width, settings.height))  # (H, W, 3)
+    first = torch.from_numpy(frame).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, H, W)
+    video = torch.zeros(1, 3, settings.num_frames, settings.height, settings.width)
+    video[0, :, 0] = first
+    vae = tiny_models.vae
+    with torch.no_grad():
+        z = vae.encode(video).latent_dist.mode()[0]  # (16, T, h, w)
+    mean = torch.tensor(vae.config.latents_mean).view(16, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(16, 1, 1, 1)
+    torch.testing.assert_close(cond, (z - mean) / std, rtol=1e-5, atol=1e-5)
+    assert cond[:, 1:].abs().sum() > 0  # the black frames encode to non-zero latents
