@@ -174,7 +174,8 @@ def wan_condition(models: Models, frame: np.ndarray, num_frames: int) -> tuple[t
     wan/image2video.py and diffusers' WanImageToVideoPipeline.prepare_latents do; zero latents instead are
     what the SVI 2.0 Pro LoRA was trained with (docs/svi/svi_2.0_pro.md), not plain Wan.
     """
-    first = frame_to_video(frame)  # (3, 1, H, W)
+    first = frame_to_video(frame).to(models.device, models.vae.dtype)  # (3, 1, H, W)
+    # built where the VAE runs: 81 frames at 480p are ~0.4 GB in fp32 on the host
     video = torch.cat([first, first.new_zeros(3, num_frames - 1, *first.shape[2:])], dim=1)  # (3, F, H, W)
     cond = encode_video(models, video)  # (16, T, h, w)
     _, T, h, w = cond.shape
