@@ -81,7 +81,7 @@ def test_last_frame_chaining_pads_with_encoded_black_frames(tiny_models, photo, 
     mask, cond = x[16:20], x[20:36]
     assert torch.all(mask[:, 0] == 1) and torch.all(mask[:, 1:] == 0)
     frame = image_to_array(fit_photo(load_photo(photo), settings.width, settings.height))  # (H, W, 3)
-    first = torch.from_numpy(frame).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, H, W)
+    first = torch.from_numpy(frame.copy()).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, H, W)
     video = torch.zeros(1, 3, settings.num_frames, settings.height, settings.width)
     video[0, :, 0] = first
     vae = tiny_models.vae
