@@ -176,7 +176,8 @@ def load_models(config: EngineConfig) -> Models:
     preset = get_preset(config.preset)
     device = resolve_device(config.device)
     dtype = resolve_dtype(device, config.dtype)
-    key = (config.preset, config.file_overrides, str(device), str(dtype), config.use_loras, str(config.models_dir), str(config.cache_dir))
+    key = (config.preset, config.file_overrides, str(device), str(dtype), config.use_loras,
+           str(config.models_dir), str(config.cache_dir))
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
