@@ -1,4 +1,5 @@
-"""Frozen settings for one story (`GenerationSettings`) and the adapter strengths (`LoraStrengths`).
+"""Frozen settings for one story (`GenerationSettings`), the sampling recipes a job picks from (`RECIPES`)
+and the adapter strengths (`LoraStrengths`).
 
 What to load and where lives in `engine.models.config.EngineConfig`.
 """
@@ -16,14 +17,74 @@ WAN_NEGATIVE_PROMPT = (
 )
 
 CHAINING_MODES = ("svi-pro", "last-frame")
-QUALITY_LEVELS = {
-    # LightX2V 4-step distill: 2 high-noise + 2 low-noise steps, no negative pass.
-    "fast": {"num_inference_steps": 4, "guidance_scale": 1.0},
-    # Wan 2.2's own I2V setting, for when the speed LoRA is off.
-    "quality": {"num_inference_steps": 40, "guidance_scale": 3.5},
+# Frames dropped at the start of every segment after the first, by chaining mode:
+# - svi-pro: latent 0 of a new clip re-creates the anchor photo (1 frame) and latent 1, the carried last latent
+#   of the previous clip, re-creates its last 4 frames, so frames 0..4 are dropped. SVI's README runs
+#   `inference_svi_2.0_pro.py --num_overlap_frame 5` (vita-epfl/Stable-Video-Infinity, branch svi_wan22,
+#   README.md); the script's own argparse default is 4, which would keep one repeated frame at each seam.
+# - last-frame: only frame 0 repeats the carried frame, as in SVI 2.0's `inference_svi_2.0.py`
+#   (`video_frames[1:]`) and its published ComfyUI workflows.
+SEAM_FRAMES = {"svi-pro": 5, "last-frame": 1}
+MAX_FRAMES = {
+    # SVI's pinned issue #51 (vita-epfl/Stable-Video-Infinity): "use 81-frame per-clip ... 121 frames ... will
+    # lead to color degradation"; 81 is also the default of inference_svi_2.0_pro.py.
+    "svi-pro": 81,
+    "last-frame": 161,  # plain Wan 2.2: two of its 81-frame windows; longer leaves what the model was trained on
 }
-MAX_FRAMES = 161  # two of Wan's 5 s windows; longer segments leave what the model was trained on
 MAX_SIDE = 1280  # Wan 2.2 A14B tops out at 720p
+MAX_STRENGTH = 4.0  # LoRA strengths above this only burn the picture
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole sampling recipe: steps, guidance per expert, expert switch, shift and adapter strengths.
+
+    A job names one (its `quality`); every value of the recipe is applied to that job, including the
+    adapter strengths, so a `quality` job runs without LightX2V and the next `fast` job with it.
+    """
+
+    name: str
+    num_inference_steps: int
+    guidance_high: float  # classifier-free guidance on the high-noise expert; 1 skips its negative pass
+    guidance_low: float
+    boundary_ratio: float
+    shift: float
+    svi_high: float
+    svi_low: float
+    lightx2v_high: float
+    lightx2v_low: float
+
+    def values(self) -> dict:
+        """The recipe as GenerationSettings fields."""
+        return {k: getattr(self, k) for k in RECIPE_KEYS}
+
+    def with_overrides(self, changes: dict) -> "Recipe":
+        """A copy with some values replaced (operator overrides); bad keys or values raise `BadSetting`."""
+        unknown = sorted(set(changes) - set(RECIPE_KEYS))
+        if unknown:
+            raise BadSetting(f"recipe {self.name!r}: unknown key(s) {unknown}; known keys are {list(RECIPE_KEYS)}")
+        values = {**self.values(), **changes}
+        # range checks, naming the bad value; the chaining a job picks is checked against it per job
+        GenerationSettings(**values, chaining="last-frame")
+        return Recipe(name=self.name, **values)
+
+
+RECIPE_KEYS = ("num_inference_steps", "guidance_high", "guidance_low", "boundary_ratio", "shift",
+               "svi_high", "svi_low", "lightx2v_high", "lightx2v_low")
+RECIPES = {
+    # LightX2V's 4-step distill (ModelTC/LightX2V configs/distill/wan22/wan_moe_i2v_distill_with_lora.json:
+    # 4 steps, shift 5, enable_cfg false, 2 high + 2 low). LightX2V at 0.5 on the high-noise expert and 1.0
+    # on the low-noise one as SVI's Wan 2.2 workflows and docs/svi/comfyui.md advise (full strength on the
+    # high expert slows motion). Boundary 0.875 is SVI 2.0 Pro's switch_DiT_boundary (wan_video_svi_pro.py);
+    # on the 4-step grid it splits 2 + 2 like LightX2V's boundary_step_index 2.
+    "fast": Recipe(name="fast", num_inference_steps=4, guidance_high=1.0, guidance_low=1.0, boundary_ratio=0.875,
+                   shift=5.0, svi_high=1.0, svi_low=1.0, lightx2v_high=0.5, lightx2v_low=1.0),
+    # SVI 2.0 Pro's own inference (inference_svi_2.0_pro.py with the pipeline defaults of wan_video_svi_pro.py):
+    # 50 steps, cfg 5 on both experts, boundary 0.875, shift 5, the SVI LoRA at 1 on both experts, no LightX2V.
+    "quality": Recipe(name="quality", num_inference_steps=50, guidance_high=5.0, guidance_low=5.0,
+                      boundary_ratio=0.875, shift=5.0, svi_high=1.0, svi_low=1.0, lightx2v_high=0.0, lightx2v_low=0.0),
+}
+DEFAULT_RECIPE = "fast"
 
 
 @dataclass(frozen=True)
@@ -32,12 +93,18 @@ class GenerationSettings:
     num_frames: int = 81  # per segment; the VAE packs 4 frames per latent after the first, so 4k+1
     height: int = 480  # landscape size; portrait photos swap height and width
     width: int = 832
-    num_inference_steps: int = 4  # LightX2V distill: 2 high-noise + 2 low-noise
-    guidance_scale: float = 1.0  # 1 skips the negative pass
-    boundary_ratio: float = 0.9  # t >= boundary_ratio * 1000 goes to the high-noise expert (Wan's I2V config)
-    shift: float = 5.0  # flow-matching timestep shift used by Wan I2V at 480p
+    # The sampling recipe; the defaults are the `fast` recipe (see RECIPES).
+    num_inference_steps: int = 4
+    guidance_high: float = 1.0  # cfg scale while the high-noise expert runs; 1 skips the negative pass
+    guidance_low: float = 1.0  # cfg scale while the low-noise expert runs
+    boundary_ratio: float = 0.875  # t >= boundary_ratio * 1000 runs on the high-noise expert
+    shift: float = 5.0  # flow-matching timestep shift of Wan I2V
+    svi_high: float = 1.0  # SVI 2.0 Pro LoRA strength on the high-noise expert
+    svi_low: float = 1.0
+    lightx2v_high: float = 0.5  # LightX2V 4-step LoRA strength on the high-noise expert
+    lightx2v_low: float = 1.0
     fps: int = 16  # Wan's training frame rate: 81 frames ~ 5 s
-    chaining: str = "svi-pro"  # or "last-frame": the last decoded frame seeds the next segment
+    chaining: str = "svi-pro"  # or "last-frame": plain Wan 2.2 I2V from the last decoded frame
     negative_prompt: str = WAN_NEGATIVE_PROMPT
 
     def __post_init__(self) -> None:
@@ -47,10 +114,13 @@ class GenerationSettings:
         """Raise `BadSetting` naming the first bad value and its limit."""
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63 - 1000:
             raise BadSetting(f"seed must be an integer in [0, 2**63 - 1000) but is {self.seed!r}")
+        if self.chaining not in CHAINING_MODES:
+            raise BadSetting(f"chaining must be one of {CHAINING_MODES} but is {self.chaining!r}")
         if not isinstance(self.num_frames, int) or self.num_frames < 5 or (self.num_frames - 1) % 4:
             raise BadSetting(f"num_frames must be 4k+1 and at least 5 (e.g. 81) but is {self.num_frames!r}")
-        if self.num_frames > MAX_FRAMES:
-            raise BadSetting(f"num_frames is {self.num_frames}; the limit is {MAX_FRAMES}")
+        if self.num_frames > MAX_FRAMES[self.chaining]:
+            raise BadSetting(f"num_frames is {self.num_frames}; the limit with {self.chaining} chaining is "
+                             f"{MAX_FRAMES[self.chaining]}")
         for name in ("height", "width"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 16 or v % 16:
@@ -59,16 +129,21 @@ class GenerationSettings:
                 raise BadSetting(f"{name} is {v}; the limit is {MAX_SIDE}")
         if not isinstance(self.num_inference_steps, int) or not 1 <= self.num_inference_steps <= 100:
             raise BadSetting(f"num_inference_steps must be in [1, 100] but is {self.num_inference_steps!r}")
-        if not 1.0 <= float(self.guidance_scale) <= 20.0:
-            raise BadSetting(f"guidance_scale must be in [1, 20] but is {self.guidance_scale!r}")
+        for name in ("guidance_high", "guidance_low"):
+            if not 1.0 <= float(getattr(self, name)) <= 20.0:
+                raise BadSetting(f"{name} must be in [1, 20] but is {getattr(self, name)!r}")
         if not 0.0 <= float(self.boundary_ratio) <= 1.0:
             raise BadSetting(f"boundary_ratio must be in [0, 1] but is {self.boundary_ratio!r}")
         if not 0.0 < float(self.shift) <= 20.0:
             raise BadSetting(f"shift must be in (0, 20] but is {self.shift!r}")
+        for name in ("svi_high", "svi_low", "lightx2v_high", "lightx2v_low"):
+            if not 0.0 <= float(getattr(self, name)) <= MAX_STRENGTH:
+                raise BadSetting(f"{name} must be in [0, {MAX_STRENGTH:g}] but is {getattr(self, name)!r}")
+        if self.chaining == "svi-pro" and self.svi_high == 0 and self.svi_low == 0:
+            raise BadSetting("svi-pro chaining needs the SVI LoRA, but svi_high and svi_low are both 0; "
+                             "use chaining last-frame for plain Wan 2.2")
         if not isinstance(self.fps, int) or not 1 <= self.fps <= 60:
             raise BadSetting(f"fps must be an integer in [1, 60] but is {self.fps!r}")
-        if self.chaining not in CHAINING_MODES:
-            raise BadSetting(f"chaining must be one of {CHAINING_MODES} but is {self.chaining!r}")
         if not isinstance(self.negative_prompt, str):
             raise BadSetting(f"negative_prompt must be text but is {self.negative_prompt!r}")
 
@@ -76,9 +151,34 @@ class GenerationSettings:
     def num_latent_frames(self) -> int:
         return (self.num_frames - 1) // 4 + 1
 
+    @property
+    def seam_frames(self) -> int:
+        """Frames dropped at the start of every segment after the first (see SEAM_FRAMES)."""
+        return SEAM_FRAMES[self.chaining]
+
+    def story_frames(self, num_segments: int) -> int:
+        """Frames of a stitched story of `num_segments` segments."""
+        return self.num_frames + (num_segments - 1) * (self.num_frames - self.seam_frames)
+
+    @property
+    def uses_guidance(self) -> bool:
+        return max(float(self.guidance_high), float(self.guidance_low)) > 1.0
+
+    @property
+    def lora_strengths(self) -> "LoraStrengths":
+        """The adapter weights this job runs with. `last-frame` is plain Wan 2.2 I2V conditioning, which the
+        SVI 2.0 Pro LoRA was not trained on (docs/svi/svi_2.0_pro.md), so SVI is off there."""
+        svi = self.chaining == "svi-pro"
+        return LoraStrengths(svi_high=self.svi_high if svi else 0.0, svi_low=self.svi_low if svi else 0.0,
+                             lightx2v_high=self.lightx2v_high, lightx2v_low=self.lightx2v_low)
+
     @classmethod
     def from_dict(cls, d: dict) -> "GenerationSettings":
         """Build from a stored dict; unknown keys and wrong types raise `BadSetting`."""
+        d = dict(d)
+        if "guidance_scale" in d:  # jobs queued before guidance was set per expert
+            scale = d.pop("guidance_scale")
+            d = {"guidance_high": scale, "guidance_low": scale, **d}
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(d) - set(known))
         if unknown:
@@ -98,11 +198,9 @@ class GenerationSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def with_quality(self, level: str) -> "GenerationSettings":
-        """Return a copy with the step count and guidance of `level` ('fast' or 'quality')."""
-        if level not in QUALITY_LEVELS:
-            raise BadSetting(f"quality must be one of {sorted(QUALITY_LEVELS)} but is {level!r}")
-        return GenerationSettings(**{**self.to_dict(), **QUALITY_LEVELS[level]})
+    def with_recipe(self, recipe: Recipe) -> "GenerationSettings":
+        """Return a copy that samples with every value of `recipe`."""
+        return GenerationSettings(**{**self.to_dict(), **recipe.values()})
 
     def oriented(self, portrait: bool) -> "GenerationSettings":
         """Return a copy whose (height, width) match the photo: landscape keeps width >= height."""
@@ -113,9 +211,9 @@ class GenerationSettings:
 
 @dataclass(frozen=True)
 class LoraStrengths:
-    """Per-expert adapter weights. SVI's own workflow runs the high-noise speed LoRA at 0.5."""
+    """Per-expert adapter weights; the defaults are the `fast` recipe's."""
 
     svi_high: float = 1.0
     svi_low: float = 1.0
-    lightx2v_high: float = 1.0
+    lightx2v_high: float = 0.5
     lightx2v_low: float = 1.0

@@ -1,10 +1,14 @@
 """SVI 2.0 Pro story generation: one Wan 2.2 I2V segment per prompt, chained by latent carry-over.
 
-`generate_story` reads top to bottom like the SVI 2.0 Pro pipeline: anchor once, then per segment build the
-conditioning, denoise with the high- then low-noise expert, decode and drop the overlap.
+`generate_story` reads top to bottom like the SVI 2.0 Pro pipeline: weight the adapters for the job's recipe,
+anchor once, then per segment build the conditioning, denoise with the high- then low-noise expert
+(engine.sampling), decode and drop the seam. `last-frame` chaining is plain Wan 2.2 I2V from the previous
+segment's last frame instead.
 """
 from __future__ import annotations
 
+import html
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,10 +22,9 @@ from storage.errors import BadSetting, EmptyPrompt
 from .config import GenerationSettings
 from .errors import Cancelled
 from .models.loading import Models, free_memory
+from .models.lora import set_strengths
 from .photo import fit_photo, image_to_array, is_portrait, load_photo
-
-OVERLAP_FRAMES = 5  # segment k > 0 re-creates the anchor frame plus the 4 frames of the motion latent
-NUM_TRAIN_TIMESTEPS = 1000
+from .sampling import denoise
 
 
 @dataclass(frozen=True)
@@ -47,15 +50,23 @@ def check_inputs(prompts: list[str], settings: GenerationSettings, start_segment
     if not prompts:
         raise EmptyPrompt("The story has no prompts; write at least one.")
     for i, p in enumerate(prompts):
-        if not isinstance(p, str) or not p.strip():
+        if not isinstance(p, str) or not clean_prompt(p):
             raise EmptyPrompt(f"Prompt {i + 1} of {len(prompts)} is empty: {p!r}")
-    if len(prompts) > 1 and settings.num_frames <= OVERLAP_FRAMES:
-        raise BadSetting(f"num_frames must be above {OVERLAP_FRAMES} for a story of several segments "
-                         f"(each later segment drops its first {OVERLAP_FRAMES} frames) but is {settings.num_frames}")
+    seam = settings.seam_frames
+    if len(prompts) > 1 and settings.num_frames <= seam:
+        raise BadSetting(f"num_frames must be above {seam} for a story of several segments "
+                         f"(each later segment drops its first {seam} frames) but is {settings.num_frames}")
     if not 0 <= start_segment < len(prompts):
         raise BadSetting(f"start_segment must be in [0, {len(prompts)}) but is {start_segment}")
     if start_segment > 0 and carry is None:
         raise BadSetting(f"resuming at segment {start_segment} needs the carry of segment {start_segment - 1}")
+
+
+def check_models(models: Models, settings: GenerationSettings) -> None:
+    """svi-pro chaining on real weights needs the SVI LoRA loaded (random-weight presets only exercise the path)."""
+    if settings.chaining == "svi-pro" and not models.is_random_weights and "svi" not in models.adapters:
+        raise BadSetting(f"svi-pro chaining needs the SVI LoRA, but preset {models.preset} was loaded without it; "
+                         "use chaining last-frame for plain Wan 2.2")
 
 
 def check_carry(carry: torch.Tensor, settings: GenerationSettings) -> None:
@@ -69,9 +80,21 @@ def check_carry(carry: torch.Tensor, settings: GenerationSettings) -> None:
         raise BadSetting(f"carry has shape {tuple(carry.shape)} but {settings.chaining} at these settings needs {expected}")
 
 
+def clean_prompt(text: str) -> str:
+    """Prompt text as Wan and diffusers feed it to UMT5: ftfy, HTML unescaped twice, whitespace collapsed.
+
+    Same steps as `basic_clean` + `whitespace_clean` in Wan-Video/Wan2.2 wan/modules/tokenizers.py, diffusers'
+    pipelines/wan/pipeline_wan_i2v.py `prompt_clean`, and SVI's diffsynth/models/wan_video_text_encoder.py.
+    """
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
 @torch.inference_mode()
 def encode_prompts(models: Models, texts: list[str]) -> torch.Tensor:
-    """UMT5 embeddings, zeroed past each prompt's length like Wan does: (N, L, text_dim)."""
+    """UMT5 embeddings of already cleaned texts, zeroed past each prompt's length like Wan does: (N, L, text_dim)."""
     L = models.max_sequence_length
     tok = models.tokenizer(texts, padding="max_length", max_length=L, truncation=True,
                            add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
@@ -89,15 +112,24 @@ def latent_stats(models: Models, device: torch.device) -> tuple[torch.Tensor, to
 
 
 @torch.inference_mode()
-def encode_image(models: Models, image: np.ndarray) -> torch.Tensor:
-    """normalize(VAE.encode(image)) as in WanImageToVideoPipeline.prepare_latents: (16, 1, h, w) fp32."""
+def encode_video(models: Models, video: torch.Tensor) -> torch.Tensor:
+    """normalize(VAE.encode(video)) as in WanImageToVideoPipeline.prepare_latents (posterior mode):
+    (3, F, H, W) in [-1, 1] -> (16, (F - 1) // 4 + 1, h, w) fp32."""
     vae = models.vae
-    x = torch.from_numpy(np.array(image, dtype=np.uint8)).to(models.device)  # (H, W, 3) uint8
-    x = x.permute(2, 0, 1).float().div(127.5).sub(1.0)  # (3, H, W) in [-1, 1]
-    x = x[None, :, None].to(vae.dtype)  # (1, 3, 1, H, W)
-    z = vae.encode(x).latent_dist.mode()[0].float()  # (16, 1, h, w)
+    z = vae.encode(video[None].to(models.device, vae.dtype)).latent_dist.mode()[0].float()  # (16, T, h, w)
     mean, std = latent_stats(models, z.device)
-    return (z - mean) / std
+    return (z - mean) * (1.0 / std)
+
+
+def frame_to_video(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, 1, H, W) fp32 in [-1, 1]."""
+    x = torch.from_numpy(np.array(image, dtype=np.uint8))  # (H, W, 3)
+    return x.permute(2, 0, 1).float().div(127.5).sub(1.0)[:, None]  # (3, 1, H, W)
+
+
+def encode_image(models: Models, image: np.ndarray) -> torch.Tensor:
+    """One frame through the VAE on its own, as SVI 2.0 Pro encodes its anchor: (16, 1, h, w) fp32."""
+    return encode_video(models, frame_to_video(image))
 
 
 @torch.inference_mode()
@@ -115,8 +147,9 @@ def build_condition(image_latent: torch.Tensor, motion_latent: torch.Tensor | No
                     num_latent_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     """SVI 2.0 Pro conditioning for one segment: (cond (16, T, h, w), mask (4, T, h, w)).
 
-    cond[:, 0] is the anchor (or, in last-frame mode, the encoded input frame); cond[:, 1] is the
-    previous segment's last denoised latent when there is one; everything else is zero.
+    cond[:, 0] is the anchor; cond[:, 1] is the previous segment's last denoised latent when there is one;
+    everything else is zero latents (vita-epfl/Stable-Video-Infinity svi_wan22,
+    diffsynth/pipelines/wan_video_svi_pro.py: `y = concat([anchor_latent, motion_latent, padding])`).
     Only latent 0 is marked known in the mask: the motion latent is a hint, not a constraint.
     """
     c, _, h, w = image_latent.shape
@@ -124,53 +157,29 @@ def build_condition(image_latent: torch.Tensor, motion_latent: torch.Tensor | No
     cond[:, 0] = image_latent[:, 0]
     if motion_latent is not None:
         cond[:, 1] = motion_latent.to(cond)  # (16, h, w): z_prev[:, -1]
-    mask = image_latent.new_zeros(4, num_latent_frames, h, w)  # (4, T, h, w)
+    return cond, first_frame_mask(num_latent_frames, h, w, image_latent)
+
+
+def first_frame_mask(num_latent_frames: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    """Wan's I2V mask, (4, T, h, w): the 4 frames packed into latent 0 are known, nothing else."""
+    mask = like.new_zeros(4, num_latent_frames, h, w)
     mask[:, 0] = 1.0
-    return cond, mask
+    return mask
 
 
-def make_scheduler(settings: GenerationSettings):
-    from diffusers import FlowMatchEulerDiscreteScheduler
+def wan_condition(models: Models, frame: np.ndarray, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain Wan 2.2 I2V conditioning: (cond (16, T, h, w), mask (4, T, h, w)).
 
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=settings.shift)
-
-
-def segment_timesteps(settings: GenerationSettings) -> torch.Tensor:
-    scheduler = make_scheduler(settings)
-    scheduler.set_timesteps(settings.num_inference_steps)
-    return scheduler.timesteps
-
-
-@torch.inference_mode()
-def denoise(models: Models, cond: torch.Tensor, mask: torch.Tensor, prompt_embeds: torch.Tensor,
-            negative_embeds: torch.Tensor | None, settings: GenerationSettings, seed: int,
-            on_step: Callable[[int], None] | None = None,
-            should_cancel: Callable[[], bool] | None = None) -> torch.Tensor:
-    """Flow-matching Euler from pure noise to z (16, T, h, w), switching experts at the boundary."""
-    device, dtype = models.device, models.dtype
-    scheduler = make_scheduler(settings)  # fresh per segment: the scheduler keeps a step index
-    scheduler.set_timesteps(settings.num_inference_steps, device=device)
-    boundary = settings.boundary_ratio * NUM_TRAIN_TIMESTEPS
-    # Noise from a CPU generator so a seed gives the same story on any device.
-    generator = torch.Generator("cpu").manual_seed(seed)
-    x = torch.randn((1, *cond.shape), generator=generator, dtype=torch.float32).to(device)  # (1, 16, T, h, w)
-    known = torch.cat([mask, cond], dim=0)[None].to(device, dtype)  # (1, 20, T, h, w)
-    for i, t in enumerate(scheduler.timesteps):
-        if should_cancel is not None and should_cancel():
-            raise Cancelled(f"cancelled before step {i + 1} of {len(scheduler.timesteps)}")
-        expert = models.transformer if t >= boundary else models.transformer_2
-        model_input = torch.cat([x.to(dtype), known], dim=1)  # (1, 36, T, h, w)
-        timestep = t.expand(1)
-        noise_pred = expert(hidden_states=model_input, timestep=timestep,
-                            encoder_hidden_states=prompt_embeds, return_dict=False)[0]
-        if negative_embeds is not None:
-            noise_uncond = expert(hidden_states=model_input, timestep=timestep,
-                                  encoder_hidden_states=negative_embeds, return_dict=False)[0]
-            noise_pred = noise_uncond + settings.guidance_scale * (noise_pred - noise_uncond)
-        x = scheduler.step(noise_pred.float(), t, x, return_dict=False)[0]  # (1, 16, T, h, w) fp32
-        if on_step is not None:
-            on_step(i + 1)
-    return x[0]
+    The VAE encodes the video [frame, black x (F - 1)] (zeros in [-1, 1], i.e. mid-grey), as Wan-Video/Wan2.2
+    wan/image2video.py and diffusers' WanImageToVideoPipeline.prepare_latents do; zero latents instead are
+    what the SVI 2.0 Pro LoRA was trained with (docs/svi/svi_2.0_pro.md), not plain Wan.
+    """
+    first = frame_to_video(frame).to(models.device, models.vae.dtype)  # (3, 1, H, W)
+    # built where the VAE runs: 81 frames at 480p are ~0.4 GB in fp32 on the host
+    video = torch.cat([first, first.new_zeros(3, num_frames - 1, *first.shape[2:])], dim=1)  # (3, F, H, W)
+    cond = encode_video(models, video)  # (16, T, h, w)
+    _, T, h, w = cond.shape
+    return cond, first_frame_mask(T, h, w, cond)
 
 
 def generate_story(
@@ -191,6 +200,7 @@ def generate_story(
     """
     # 1. Check inputs, before any weight is touched
     check_inputs(prompts, settings, start_segment, carry)
+    check_models(models, settings)
     image = load_photo(photo)
     settings = settings.oriented(is_portrait(image))
     if carry is not None:
@@ -199,9 +209,9 @@ def generate_story(
     num_segments = len(prompts)
     num_steps = settings.num_inference_steps
 
-    # 2. Encode every prompt in one pass (plus the negative prompt when guidance needs it)
-    use_negative = settings.guidance_scale > 1.0
-    texts = list(prompts) + ([settings.negative_prompt] if use_negative else [])
+    # 2. Encode every prompt in one pass (plus the negative prompt when guidance needs it), cleaned first
+    use_negative = settings.uses_guidance
+    texts = [clean_prompt(p) for p in prompts] + ([clean_prompt(settings.negative_prompt)] if use_negative else [])
     if models.text_cache is not None:  # re-rolls and repeated prompts skip the text encoder
         from .models.text_cache import encode_cached
 
@@ -212,21 +222,22 @@ def generate_story(
     negative_embeds = embeds[-1:] if use_negative else None
     free_memory()
     models.ensure_placed()  # the first job places the experts only now, so the encoder had the whole GPU
+    # 3. This job's adapter strengths: a `quality` job runs LightX2V at 0, the next `fast` job at its recipe's
+    set_strengths(models, settings.lora_strengths)
 
-    # 3. Encode the anchor once per story
+    # 4. Encode the anchor once per story
     anchor = encode_image(models, photo_frame) if settings.chaining == "svi-pro" else None  # (16, 1, h, w)
 
-    # 4. One segment per prompt
+    # 5. One segment per prompt
     results = []
     for k in range(start_segment, num_segments):
         started = time.perf_counter()
         if settings.chaining == "svi-pro":
-            image_latent = anchor
             motion_latent = carry[:, -1] if k > 0 else None  # z_{k-1}[:, -1], never a re-encoded frame
+            cond, mask = build_condition(anchor, motion_latent, settings.num_latent_frames)
         else:
-            image_latent = encode_image(models, photo_frame if k == 0 else carry.cpu().numpy())
-            motion_latent = None
-        cond, mask = build_condition(image_latent, motion_latent, settings.num_latent_frames)
+            frame = photo_frame if k == 0 else carry.cpu().numpy()  # (H, W, 3) uint8
+            cond, mask = wan_condition(models, frame, settings.num_frames)
 
         def on_step(step: int, k: int = k) -> None:
             if on_progress is not None:
@@ -240,7 +251,7 @@ def generate_story(
         else:
             carry = torch.from_numpy(frames[-1].copy())  # (H, W, 3) uint8
         if k > 0:
-            frames = frames[OVERLAP_FRAMES:]
+            frames = frames[settings.seam_frames:]  # the frames that repeat what the story already shows
         result = SegmentResult(index=k, prompt=prompts[k], frames=frames, carry=carry,
                                seconds=time.perf_counter() - started)
         del z, cond, mask

@@ -9,16 +9,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from storage import DataDir, DiskFull, InputError, Job, JobQueue, LeaseLost, WorkerId
+from storage.errors import BadSetting
 from storage.files import atomic_path
 
-from .config import GenerationSettings
+from .config import DEFAULT_RECIPE, RECIPES, GenerationSettings, Recipe
 from .models.config import EngineConfig
 from .errors import Cancelled
 from .models.loading import free_memory, load_models, unload_models
@@ -38,21 +40,25 @@ class WorkerConfig:
     poll_s: float = 1.0  # how often an idle worker looks for work
     heartbeat_s: float = 20.0  # lease extension while no denoising step runs (loading, decoding)
     progress_interval_s: float = 2.0  # progress events are throttled to one per interval per job
+    recipes: Mapping[str, Recipe] = field(default_factory=lambda: dict(RECIPES))  # with the operator's overrides
 
 
 class _Stop(Exception):
     """Raised through the engine when the worker is shutting down (not a user cancel)."""
 
 
-def resolve_settings(settings: dict[str, Any], engine: EngineConfig) -> tuple[str, GenerationSettings]:
-    """The preset and generation settings a job's settings ask for, on top of the preset's defaults.
+def resolve_settings(settings: dict[str, Any], engine: EngineConfig,
+                     recipes: Mapping[str, Recipe] = RECIPES) -> tuple[str, GenerationSettings]:
+    """The preset and generation settings a job's settings ask for: the preset's defaults, then the whole
+    recipe its `quality` names (`fast` when it names none), then the job's own values.
 
     Bad values raise `BadSetting`; callers check before queueing, the worker again before loading.
     """
     preset = get_preset(settings.get("preset") or engine.preset)
-    base = preset.settings
-    if settings.get("quality"):
-        base = base.with_quality(settings["quality"])
+    level = settings.get("quality") or DEFAULT_RECIPE
+    if level not in recipes:
+        raise BadSetting(f"quality must be one of {sorted(recipes)} but is {level!r}")
+    base = preset.settings.with_recipe(recipes[level])
     extra = {k: v for k, v in settings.items() if k not in JOB_ONLY_KEYS}
     return preset.name, GenerationSettings.from_dict({**base.to_dict(), **extra})
 
@@ -151,7 +157,7 @@ class Worker:
 
         heartbeat = asyncio.create_task(self._heartbeat_loop(job, state))
         try:
-            preset_name, settings = resolve_settings(job.settings, self.config.engine)
+            preset_name, settings = resolve_settings(job.settings, self.config.engine, self.config.recipes)
             done = await self.queue.segments(job.id)
             start = len(done)
             state["segment"] = state["start"] = start

@@ -43,14 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ram-budget", type=float, metavar="GIB", help="host RAM for weights (env SVIBOT_RAM_BUDGET)")
         p.add_argument("--model-file", action="append", metavar="KEY=VALUE",
                        help="override a model repo or filename, e.g. high_repo=me/wan (repeatable)")
+        p.add_argument("--recipe", action="append", metavar="NAME:KEY=VALUE,...",
+                       help="change a sampling recipe for every job, e.g. fast:steps=6,guidance=1.5 "
+                            "(repeatable; env SVIBOT_RECIPE_FAST, SVIBOT_RECIPE_QUALITY)")
 
     p = sub.add_parser("story", help="run one story end to end on this machine")
     p.add_argument("photo", type=Path)
     p.add_argument("story", help='prompts separated by "|", e.g. "walk | run | fly"')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, dest="num_inference_steps", help="denoising steps per segment")
-    p.add_argument("--guidance", type=float, dest="guidance_scale")
-    p.add_argument("--quality", choices=["fast", "quality"], help="fast: 4 steps; quality: 40 steps, guidance 3.5")
+    p.add_argument("--guidance", type=float, help="guidance on both experts (1 = none)")
+    p.add_argument("--guidance-high", type=float, help="guidance on the high-noise expert")
+    p.add_argument("--guidance-low", type=float, help="guidance on the low-noise expert")
+    p.add_argument("--quality", choices=["fast", "quality"],
+                   help="fast (default): 4 steps, no guidance, LightX2V; "
+                        "quality: SVI 2.0 Pro's own 50 steps, guidance 5, no LightX2V")
     p.add_argument("--chaining", choices=["svi-pro", "last-frame"])
     p.add_argument("--out", type=Path, help="copy the stitched video here")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")

@@ -9,8 +9,11 @@ from pathlib import Path
 from storage import DataDir, Limits, QueueConfig
 from storage.errors import BadSetting
 
+from engine.config import RECIPE_KEYS, RECIPES, Recipe
 from engine.models.config import EngineConfig, default_preset
 from engine.worker import WorkerConfig
+
+RECIPE_ALIASES = {"steps": ("num_inference_steps",), "guidance": ("guidance_high", "guidance_low")}
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,44 @@ def _file_overrides(items: list[str]) -> tuple[tuple[str, str], ...]:
             raise BadSetting(f"a model file override must look like KEY=VALUE (e.g. high_repo=me/wan) but is {item!r}")
         out.append((key.strip(), value.strip()))
     return tuple(out)
+
+
+def _recipe_changes(recipe: str, text: str, where: str) -> dict:
+    """'steps=6,guidance=1.5' -> {"num_inference_steps": 6, "guidance_high": 1.5, "guidance_low": 1.5}."""
+    changes: dict = {}
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        key, sep, raw = (part.strip() for part in item.partition("="))
+        keys = RECIPE_ALIASES.get(key, (key,))
+        if not sep or any(k not in RECIPE_KEYS for k in keys):
+            raise BadSetting(f"{where}: {item!r} must be KEY=VALUE with KEY one of "
+                             f"{sorted(RECIPE_ALIASES) + list(RECIPE_KEYS)} (recipe {recipe!r})")
+        kind = int if keys == ("num_inference_steps",) else float
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise BadSetting(f"{where}: {key} must be {'an integer' if kind is int else 'a number'} "
+                             f"but is {raw!r}") from None
+        changes.update(dict.fromkeys(keys, value))
+    return changes
+
+
+def build_recipes(flags: list[str], env: Mapping[str, str]) -> dict[str, Recipe]:
+    """The recipes with the operator's overrides: SVIBOT_RECIPE_<NAME>, then each --recipe NAME:KEY=VALUE,..."""
+    recipes = dict(RECIPES)
+    for name, recipe in RECIPES.items():
+        var = f"SVIBOT_RECIPE_{name.upper()}"
+        if env.get(var, "").strip():
+            recipes[name] = recipe.with_overrides(_recipe_changes(name, env[var], var))
+    for flag in flags:
+        name, sep, text = flag.partition(":")
+        if not sep or name.strip() not in recipes:
+            raise BadSetting(f"--recipe must look like NAME:KEY=VALUE,... with NAME one of {sorted(recipes)} "
+                             f"(e.g. fast:steps=6,guidance=1.5) but is {flag!r}")
+        name = name.strip()
+        recipes[name] = recipes[name].with_overrides(_recipe_changes(name, text, "--recipe"))
+    return recipes
 
 
 def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> AppConfig:
@@ -74,5 +115,6 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> AppConfig:
         engine=engine,
         progress_interval_s=_number(env, "SVIBOT_PROGRESS_INTERVAL", float, WorkerConfig.progress_interval_s),
         heartbeat_s=max(1.0, queue.lease_seconds / 4),
+        recipes=build_recipes(getattr(args, "recipe", None) or [], env),
     )
     return AppConfig(data_dir=data_dir, queue=queue, limits=limits, engine=engine, worker=worker)

@@ -19,12 +19,14 @@ from .config import AppConfig
 from engine.models.presets import get_preset
 from engine.worker import Worker, resolve_settings
 
-SETTING_FLAGS = ("num_inference_steps", "guidance_scale", "chaining", "quality")
+SETTING_FLAGS = ("num_inference_steps", "guidance_high", "guidance_low", "chaining", "quality")
 TERMINAL = ("done", "failed", "cancelled")
 
 
 def story_settings(cfg: AppConfig, args: argparse.Namespace) -> dict:
     settings = {"seed": args.seed, "preset": cfg.engine.preset}
+    if getattr(args, "guidance", None) is not None:  # both experts; --guidance-high/--guidance-low win
+        settings.update(guidance_high=args.guidance, guidance_low=args.guidance)
     settings.update({k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k, None) is not None})
     return settings
 
@@ -37,7 +39,7 @@ async def run_story(cfg: AppConfig, args: argparse.Namespace, stop: asyncio.Even
         raise NotAnImage(f"cannot read the photo {str(args.photo)!r}: {err.strerror}") from None
     prompts = parse_prompts(args.story, cfg.limits)
     settings = story_settings(cfg, args)
-    resolve_settings(settings, cfg.engine)  # a bad --steps or --guidance stops here, before queueing
+    resolve_settings(settings, cfg.engine, cfg.worker.recipes)  # a bad --steps or --guidance stops here
     preset = get_preset(cfg.engine.preset)
     if preset.is_random_weights:
         print(f"svibot: preset {preset.label}: the output is noise from random weights; it only "

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from storage.errors import BadSetting
 
-from ..config import LoraStrengths
 from .presets import PRESETS, ModelFiles
 
 
@@ -17,8 +16,7 @@ class EngineConfig:
     device: str | None = None  # None: cuda if available, else cpu
     dtype: str | None = None  # None: fp16 before Ampere, bf16 on Ampere+, fp32 on the CPU
     file_overrides: tuple[tuple[str, str], ...] = ()  # (field of ModelFiles, value), e.g. ("high_file", "...")
-    lora_strengths: LoraStrengths = LoraStrengths()
-    use_loras: bool = True  # False runs plain Wan 2.2 (use with chaining="last-frame")
+    use_loras: bool = True  # False runs plain Wan 2.2 (chaining="last-frame"); strengths come with each job
     vram_budget_gib: float | None = None  # for the block-streaming planner
     ram_budget_gib: float | None = None
     cache_dir: Path | None = None  # prompt embeddings are cached under cache_dir/text; None: no cache

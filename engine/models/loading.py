@@ -41,6 +41,7 @@ class Models:
     streamers: Any = None  # expert name -> engine.memory.streaming.BlockStreamer
     text_cache: Any = None  # engine.models.text_cache.TextCache: prompt embeddings on disk, None to always encode
     place_pending: Any = None  # callable placing the experts, while load_models leaves the GPU to the text encoder
+    adapters: frozenset = frozenset()  # LoRA adapters loaded on the experts, e.g. {"svi", "lightx2v"}
 
     def ensure_placed(self) -> None:
         """Place the experts if `load_models` deferred it until the first prompts were encoded."""
@@ -143,6 +144,7 @@ def _build_real(config: EngineConfig, preset: Preset, dtype: torch.dtype, paths:
 
     from transformers import AutoTokenizer
 
+    from ..config import LoraStrengths
     from .lora import apply_loras
     from .text_encoder import LazyTextEncoder
     from .vae import load_vae
@@ -160,8 +162,8 @@ def _build_real(config: EngineConfig, preset: Preset, dtype: torch.dtype, paths:
         transformer=high, transformer_2=low, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
         device=device, dtype=dtype, preset=preset.name, label=preset.label,  # experts follow at ensure_placed
     )
-    if config.use_loras:
-        apply_loras(models, paths, config.lora_strengths)
+    if config.use_loras:  # each job then weights them for its recipe (engine.svi.generate_story)
+        models.adapters = apply_loras(models, paths, LoraStrengths())
     return models
 
 
@@ -174,8 +176,8 @@ def load_models(config: EngineConfig) -> Models:
     preset = get_preset(config.preset)
     device = resolve_device(config.device)
     dtype = resolve_dtype(device, config.dtype)
-    key = (config.preset, config.file_overrides, str(device), str(dtype), config.lora_strengths,
-           config.use_loras, str(config.models_dir), str(config.cache_dir))
+    key = (config.preset, config.file_overrides, str(device), str(dtype), config.use_loras,
+           str(config.models_dir), str(config.cache_dir))
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]

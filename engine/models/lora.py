@@ -86,10 +86,21 @@ def load_lora(transformer: torch.nn.Module, state_dict: Mapping[str, torch.Tenso
     return len(found)
 
 
-def set_strengths(transformer: torch.nn.Module, strengths: Mapping[str, float]) -> None:
-    """Weight the named adapters of one expert; all of them stay active and unfused."""
-    names = list(strengths)
-    transformer.set_adapters(names, [float(strengths[n]) for n in names])
+def set_strengths(models, strengths: LoraStrengths) -> None:
+    """Weight the SVI and LightX2V adapters of both experts; the one place strengths change, per job.
+
+    `models` is anything with `transformer` (high-noise) and `transformer_2` (low-noise) experts. Adapters
+    stay loaded and unfused: a weight of 0 switches one off without a reload, and a later job turns it back
+    on. An expert without a given adapter (none on `tiny`, no LightX2V file) is simply not weighted.
+    """
+    plan = {"transformer": {"svi": strengths.svi_high, "lightx2v": strengths.lightx2v_high},
+            "transformer_2": {"svi": strengths.svi_low, "lightx2v": strengths.lightx2v_low}}
+    for expert_name, weights in plan.items():
+        expert = getattr(models, expert_name)
+        loaded = getattr(expert, "peft_config", None) or {}
+        names = [name for name in weights if name in loaded]
+        if names:
+            expert.set_adapters(names, [float(weights[name]) for name in names])
 
 
 def read_lora_file(path: Path) -> dict[str, torch.Tensor]:
@@ -98,20 +109,21 @@ def read_lora_file(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def apply_loras(models, paths: Mapping[str, Path], strengths: LoraStrengths) -> None:
-    """Load SVI Pro and LightX2V onto the high- and low-noise experts with per-expert strengths."""
-    plan = {
-        "transformer": {"svi": ("svi_high", strengths.svi_high), "lightx2v": ("lightx2v_high", strengths.lightx2v_high)},
-        "transformer_2": {"svi": ("svi_low", strengths.svi_low), "lightx2v": ("lightx2v_low", strengths.lightx2v_low)},
-    }
+def apply_loras(models, paths: Mapping[str, Path], strengths: LoraStrengths) -> frozenset[str]:
+    """Load SVI Pro and LightX2V onto the high- and low-noise experts; returns the adapter names loaded.
+
+    `strengths` only sets the weights until the first job, which applies its recipe's through `set_strengths`.
+    """
+    plan = {"transformer": {"svi": "svi_high", "lightx2v": "lightx2v_high"},
+            "transformer_2": {"svi": "svi_low", "lightx2v": "lightx2v_low"}}
+    loaded = set()
     for expert_name, adapters in plan.items():
         expert = getattr(models, expert_name)
-        weights = {}
-        for adapter_name, (part, strength) in adapters.items():
+        for adapter_name, part in adapters.items():
             if part not in paths:
                 continue
             n = load_lora(expert, read_lora_file(paths[part]), adapter_name, source=str(paths[part]))
-            log.info("%s: adapter %s from %s on %d layers at %.2f", expert_name, adapter_name, paths[part], n, strength)
-            weights[adapter_name] = strength
-        if weights:
-            set_strengths(expert, weights)
+            log.info("%s: adapter %s from %s on %d layers", expert_name, adapter_name, paths[part], n)
+            loaded.add(adapter_name)
+    set_strengths(models, strengths)
+    return frozenset(loaded)

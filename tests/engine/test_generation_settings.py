@@ -5,16 +5,19 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import WAN_NEGATIVE_PROMPT, GenerationSettings
+from engine.config import RECIPES, WAN_NEGATIVE_PROMPT, GenerationSettings, LoraStrengths
 from engine.models.config import EngineConfig, default_preset
 from engine.models.presets import PRESETS
 from storage.errors import BadSetting
 
 
-def test_defaults_are_the_t4_setting():
+def test_defaults_are_the_fast_recipe_at_480p():
     s = GenerationSettings()
-    assert (s.num_frames, s.height, s.width, s.num_inference_steps, s.guidance_scale) == (81, 480, 832, 4, 1.0)
-    assert (s.boundary_ratio, s.shift, s.fps, s.chaining) == (0.9, 5.0, 16, "svi-pro")
+    assert (s.num_frames, s.height, s.width, s.num_inference_steps) == (81, 480, 832, 4)
+    assert (s.guidance_high, s.guidance_low, s.boundary_ratio, s.shift) == (1.0, 1.0, 0.875, 5.0)
+    assert (s.svi_high, s.svi_low, s.lightx2v_high, s.lightx2v_low) == (1.0, 1.0, 0.5, 1.0)
+    assert (s.fps, s.chaining) == (16, "svi-pro")
+    assert s.with_recipe(RECIPES["fast"]) == s
     assert s.negative_prompt == WAN_NEGATIVE_PROMPT and s.negative_prompt.startswith("色调艳丽")
     assert s.num_latent_frames == 21
 
@@ -25,8 +28,11 @@ def test_defaults_are_the_t4_setting():
     ("height", 481, "multiple of 16"),
     ("width", 0, "multiple of 16"),
     ("num_inference_steps", 0, "num_inference_steps"),
-    ("guidance_scale", 0.5, "guidance_scale"),
+    ("guidance_high", 0.5, "guidance_high"),
+    ("guidance_low", 21, "guidance_low"),
     ("boundary_ratio", 1.5, "boundary_ratio"),
+    ("lightx2v_high", -0.5, "lightx2v_high"),
+    ("svi_low", 4.5, "svi_low"),
     ("chaining", "loop", "chaining"),
     ("seed", -1, "seed"),
 ])
@@ -44,17 +50,31 @@ def test_unknown_keys_and_wrong_types_are_refused():
 
 
 def test_dict_round_trip_and_int_for_float():
-    s = GenerationSettings(seed=5, guidance_scale=3.5, chaining="last-frame")
+    s = GenerationSettings(seed=5, guidance_high=3.5, chaining="last-frame")
     assert GenerationSettings.from_dict(s.to_dict()) == s
-    assert GenerationSettings.from_dict({"guidance_scale": 2}).guidance_scale == 2.0
+    assert GenerationSettings.from_dict({"guidance_low": 2}).guidance_low == 2.0
 
 
-def test_quality_levels():
-    assert GenerationSettings().with_quality("quality").num_inference_steps == 40
-    assert GenerationSettings().with_quality("quality").guidance_scale == 3.5
-    assert GenerationSettings(num_inference_steps=40).with_quality("fast").num_inference_steps == 4
-    with pytest.raises(BadSetting):
-        GenerationSettings().with_quality("ultra")
+def test_a_stored_guidance_scale_sets_both_experts():
+    s = GenerationSettings.from_dict({"guidance_scale": 3.5})  # jobs queued before per-expert guidance
+    assert (s.guidance_high, s.guidance_low) == (3.5, 3.5)
+
+
+def test_svi_pro_segments_are_at_most_81_frames_and_need_the_svi_lora():
+    # SVI's pinned issue #51 (vita-epfl/Stable-Video-Infinity): 81 frames per clip; 121 degrades colour
+    GenerationSettings(num_frames=81)
+    with pytest.raises(BadSetting, match="num_frames is 85; the limit with svi-pro chaining is 81"):
+        GenerationSettings(num_frames=85)
+    assert GenerationSettings(num_frames=161, chaining="last-frame").num_frames == 161
+    with pytest.raises(BadSetting, match="svi_high and svi_low are both 0"):
+        GenerationSettings(svi_high=0.0, svi_low=0.0)
+    GenerationSettings(svi_high=0.0, svi_low=0.0, chaining="last-frame")
+
+
+def test_last_frame_chaining_runs_without_the_svi_lora():
+    s = GenerationSettings(chaining="last-frame")
+    assert s.lora_strengths == LoraStrengths(svi_high=0.0, svi_low=0.0, lightx2v_high=0.5, lightx2v_low=1.0)
+    assert GenerationSettings().lora_strengths == LoraStrengths(1.0, 1.0, 0.5, 1.0)
 
 
 def test_orientation_swaps_sides():

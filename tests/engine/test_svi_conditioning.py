@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.svi import segment_timesteps
+from engine.sampling import segment_timesteps
 from tests.support.engine_helpers import PROMPTS, record_story
 
 
@@ -59,6 +59,35 @@ def test_boundary_moves_the_switch(tiny_models, photo, tiny_settings, settings_w
 
 def test_guidance_runs_a_negative_pass_per_step(tiny_models, photo, tiny_settings, settings_with):
 
-    settings = settings_with(tiny_settings, guidance_scale=3.5, num_frames=5)
+    settings = settings_with(tiny_settings, guidance_high=3.5, guidance_low=3.5, num_frames=5)
     rec = record_story(tiny_models, photo, ["walk"], settings)
     assert len(rec.calls) == 2 * settings.num_inference_steps
+
+
+def test_guidance_is_per_expert(tiny_models, photo, tiny_settings, settings_with):
+    # 4 steps split 2 + 2: guidance only on the high-noise expert adds one negative pass per high step
+    settings = settings_with(tiny_settings, guidance_high=2.0, guidance_low=1.0, num_frames=5)
+    rec = record_story(tiny_models, photo, ["walk"], settings)
+    assert [name for _, name, _, _ in rec.calls] == ["high", "high", "high", "high", "low", "low"]
+
+
+def test_last_frame_chaining_pads_with_encoded_black_frames(tiny_models, photo, tiny_settings, settings_with):
+    """Plain Wan I2V (Wan-Video/Wan2.2 wan/image2video.py): y = VAE([frame, zeros x (F - 1)]), not zero latents."""
+    from engine.photo import fit_photo, image_to_array, load_photo
+
+    settings = settings_with(tiny_settings, chaining="last-frame", num_frames=9)
+    rec = record_story(tiny_models, photo, ["walk"], settings)
+    x = rec.calls[0][3][0]  # (36, T, h, w)
+    mask, cond = x[16:20], x[20:36]
+    assert torch.all(mask[:, 0] == 1) and torch.all(mask[:, 1:] == 0)
+    frame = image_to_array(fit_photo(load_photo(photo), settings.width, settings.height))  # (H, W, 3)
+    first = torch.from_numpy(frame.copy()).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, H, W)
+    video = torch.zeros(1, 3, settings.num_frames, settings.height, settings.width)
+    video[0, :, 0] = first
+    vae = tiny_models.vae
+    with torch.no_grad():
+        z = vae.encode(video).latent_dist.mode()[0]  # (16, T, h, w)
+    mean = torch.tensor(vae.config.latents_mean).view(16, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(16, 1, 1, 1)
+    torch.testing.assert_close(cond, (z - mean) / std, rtol=1e-5, atol=1e-5)
+    assert cond[:, 1:].abs().sum() > 0  # the black frames encode to non-zero latents

@@ -230,3 +230,33 @@ async def test_full_disk_is_reported_as_disk_full(tmp_path, monkeypatch):
     assert leftovers == []  # nothing half-written
     monkeypatch.setattr(worker_mod, "write_mp4", real)
     await queue.close()
+
+
+async def test_a_stored_quality_reaches_the_engine_as_the_whole_recipe(tmp_path):
+    from dataclasses import replace
+
+    from engine.config import RECIPES
+
+    fast = RECIPES["fast"].with_overrides({"num_inference_steps": 6, "guidance_high": 1.5, "guidance_low": 1.5})
+    cfg = replace(make_config(tmp_path / "d"), recipes={**RECIPES, "fast": fast})  # an operator override
+    queue = await open_queue(cfg)
+    jobs = [await queue.enqueue(story_job(["a"], quality="quality"), Limits()),
+            await queue.enqueue(story_job(["b"]), Limits())]
+    seen = []
+
+    def generate(models, photo, prompts, settings, **kw):
+        seen.append(settings)
+        return generate_story(models, photo, prompts, replace(settings, num_frames=5), **kw)
+
+    await run_until_empty(queue, cfg, generate=generate)
+    assert [(await queue.get_job(j.id)).state for j in jobs] == ["done", "done"]
+    quality, default = seen
+    assert (quality.num_inference_steps, quality.guidance_high, quality.guidance_low) == (50, 5.0, 5.0)
+    assert (quality.lightx2v_high, quality.lightx2v_low, quality.svi_high, quality.svi_low) == (0.0, 0.0, 1.0, 1.0)
+    assert quality.boundary_ratio == 0.875 and quality.shift == 5.0
+    # a job that names no quality gets `fast`, with the operator's changes to it
+    assert (default.num_inference_steps, default.guidance_high, default.guidance_low) == (6, 1.5, 1.5)
+    assert (default.lightx2v_high, default.lightx2v_low) == (0.5, 1.0)
+    progress = [e.payload for e in await queue.events_for_job(jobs[0].id) if e.kind == "progress"]
+    assert progress and {p["num_steps"] for p in progress} == {50}
+    await queue.close()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.config import RECIPES
 from svibot.config import build_config
 from svibot.cli import build_parser, main
 from storage import DataDir, JobQueue, Limits, NewJob, QueueConfig, WorkerId
@@ -82,3 +83,33 @@ def test_config_flags_win_over_env(tmp_path):
         build_config(args, {"SVIBOT_MAX_SEGMENTS": "ten"})
     with pytest.raises(BadSetting, match="KEY=VALUE"):
         build_config(build_parser().parse_args(["worker", "--model-file", "oops"]), {})
+
+
+def test_recipe_overrides_from_env_and_flags(tmp_path):
+    args = build_parser().parse_args(["--data-dir", str(tmp_path), "worker", "--preset", "tiny",
+                                      "--recipe", "fast:guidance_low=1.0,lightx2v_high=1.0",
+                                      "--recipe", "quality:guidance=4"])
+    env = {"SVIBOT_RECIPE_FAST": "steps=6, guidance=1.5"}
+    recipes = build_config(args, env).worker.recipes
+    fast, quality = recipes["fast"], recipes["quality"]
+    # the environment first, then each flag: SVI 2.0's 6 steps with guidance on the high expert only
+    assert (fast.num_inference_steps, fast.guidance_high, fast.guidance_low) == (6, 1.5, 1.0)
+    assert (fast.lightx2v_high, fast.lightx2v_low, fast.boundary_ratio) == (1.0, 1.0, 0.875)
+    assert (quality.num_inference_steps, quality.guidance_high, quality.guidance_low) == (50, 4.0, 4.0)
+    assert (quality.lightx2v_high, quality.lightx2v_low) == (0.0, 0.0)  # overrides are per recipe
+    assert build_config(build_parser().parse_args(["worker"]), {}).worker.recipes == RECIPES
+
+
+@pytest.mark.parametrize("flags, env, message", [
+    (["--recipe", "ultra:steps=6"], {}, "NAME one of ['fast', 'quality']"),
+    (["--recipe", "fast"], {}, "--recipe must look like NAME:KEY=VALUE"),
+    (["--recipe", "fast:cfg=2"], {}, "'cfg=2' must be KEY=VALUE with KEY one of"),
+    (["--recipe", "fast:steps=six"], {}, "steps must be an integer but is 'six'"),
+    ([], {"SVIBOT_RECIPE_QUALITY": "guidance=0.5"}, "guidance_high must be in [1, 20] but is 0.5"),
+    ([], {"SVIBOT_RECIPE_FAST": "lightx2v_low=9"}, "lightx2v_low must be in [0, 4] but is 9.0"),
+])
+def test_bad_recipe_overrides_name_the_value(tmp_path, flags, env, message):
+    args = build_parser().parse_args(["--data-dir", str(tmp_path), "worker", *flags])
+    with pytest.raises(BadSetting) as err:
+        build_config(args, env)
+    assert message in str(err.value)

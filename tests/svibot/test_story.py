@@ -51,3 +51,30 @@ def test_story_cli_bad_input(tmp_path, argv, code, message):
     if db.exists():
         with sqlite3.connect(db) as conn:
             assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
+
+
+def test_story_cli_quality_runs_the_quality_recipe(tmp_path):
+    env = {**os.environ, "SVIBOT_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.run([sys.executable, "-m", "svibot.cli", "story", str(PHOTO), "walk", "--preset", "tiny",
+                           "--quality", "quality", "--json"],
+                          cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["state"] == "done"
+    with sqlite3.connect(tmp_path / "data" / "queue.sqlite3") as conn:
+        (settings,) = conn.execute("SELECT settings FROM jobs").fetchone()
+        payloads = [json.loads(p) for (p,) in conn.execute("SELECT payload FROM events WHERE kind = 'progress'")]
+    assert json.loads(settings)["quality"] == "quality"
+    assert payloads and {p["num_steps"] for p in payloads} == {50}  # SVI 2.0 Pro's 50 steps, not fast's 4
+
+
+def test_story_flags_become_job_settings(tmp_path):
+    from svibot.cli import build_parser
+    from svibot.config import build_config
+    from svibot.story import story_settings
+
+    argv = ["--data-dir", str(tmp_path), "story", str(PHOTO), "walk", "--preset", "tiny", "--quality", "quality",
+            "--guidance", "4", "--guidance-low", "1", "--steps", "30"]
+    args = build_parser().parse_args(argv)
+    settings = story_settings(build_config(args, {}), args)
+    assert settings == {"seed": 0, "preset": "tiny", "quality": "quality", "num_inference_steps": 30,
+                        "guidance_high": 4.0, "guidance_low": 1.0}

@@ -1,9 +1,12 @@
 """LoRAs load unfused as named adapters and change the output by exactly B @ A * scale * strength."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
+from engine.config import LoraStrengths
 from engine.errors import LoraMismatch
 from engine.models.loading import load_expert_gguf
 from engine.models.lora import load_lora, set_strengths, to_comfy_format
@@ -79,20 +82,36 @@ def test_comfy_format_alpha_scales_the_delta():
     torch.testing.assert_close(run(model), run(merged(deltas, 2.0 / RANK)), rtol=1e-4, atol=1e-5)
 
 
-def test_strengths_weight_each_adapter_separately():
-    lora = svi_official_lora()
-    model = build_tiny_transformer(0)
-    load_lora(model, lora, "svi")
-    load_lora(model, comfy_lora_with_alpha(alpha=RANK), "lightx2v")
-    set_strengths(model, {"svi": 0.5, "lightx2v": 0.0})
-    deltas = {"blocks.0.attn1.to_q": (lora["blocks.0.self_attn.q.lora_A.default.weight"],
-                                      lora["blocks.0.self_attn.q.lora_B.default.weight"]),
-              "blocks.1.attn2.to_out.0": (lora["blocks.1.cross_attn.o.lora_A.default.weight"],
-                                          lora["blocks.1.cross_attn.o.lora_B.default.weight"])}
-    torch.testing.assert_close(run(model), run(merged(deltas, 0.5)), rtol=1e-4, atol=1e-5)
-    # unfused: strength 0 gives back the base model exactly
-    set_strengths(model, {"svi": 0.0, "lightx2v": 0.0})
-    torch.testing.assert_close(run(model), run(build_tiny_transformer(0)), rtol=0, atol=0)
+def test_strengths_weight_each_adapter_of_each_expert_separately():
+    svi, speed = svi_official_lora(), comfy_lora_with_alpha(alpha=RANK)  # alpha / rank = 1
+    experts = SimpleNamespace(transformer=build_tiny_transformer(0), transformer_2=build_tiny_transformer(1))
+    for expert in (experts.transformer, experts.transformer_2):
+        load_lora(expert, svi, "svi")
+        load_lora(expert, speed, "lightx2v")
+    svi_deltas = {"blocks.0.attn1.to_q": (svi["blocks.0.self_attn.q.lora_A.default.weight"],
+                                          svi["blocks.0.self_attn.q.lora_B.default.weight"]),
+                  "blocks.1.attn2.to_out.0": (svi["blocks.1.cross_attn.o.lora_A.default.weight"],
+                                              svi["blocks.1.cross_attn.o.lora_B.default.weight"])}
+    speed_deltas = {"blocks.1.ffn.net.0.proj": (speed["diffusion_model.blocks.1.ffn.0.lora_down.weight"],
+                                                speed["diffusion_model.blocks.1.ffn.0.lora_up.weight"])}
+    set_strengths(experts, LoraStrengths(svi_high=0.5, lightx2v_high=0.0, svi_low=0.0, lightx2v_low=1.0))
+    torch.testing.assert_close(run(experts.transformer), run(merged(svi_deltas, 0.5)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(run(experts.transformer_2), run(merged(speed_deltas, 1.0, seed=1)),
+                               rtol=1e-4, atol=1e-5)
+    # unfused: strength 0 gives back the base model exactly, and the same call turns them on again
+    set_strengths(experts, LoraStrengths(svi_high=0.0, svi_low=0.0, lightx2v_high=0.0, lightx2v_low=0.0))
+    torch.testing.assert_close(run(experts.transformer), run(build_tiny_transformer(0)), rtol=0, atol=0)
+    torch.testing.assert_close(run(experts.transformer_2), run(build_tiny_transformer(1)), rtol=0, atol=0)
+    set_strengths(experts, LoraStrengths(svi_high=0.5, lightx2v_high=0.0, svi_low=0.0, lightx2v_low=1.0))
+    torch.testing.assert_close(run(experts.transformer), run(merged(svi_deltas, 0.5)), rtol=1e-4, atol=1e-5)
+
+
+def test_strengths_skip_adapters_an_expert_does_not_have():
+    experts = SimpleNamespace(transformer=build_tiny_transformer(0), transformer_2=build_tiny_transformer(1))
+    load_lora(experts.transformer, svi_official_lora(), "svi")  # no LightX2V anywhere, nothing on the low expert
+    set_strengths(experts, LoraStrengths(svi_high=0.0))
+    torch.testing.assert_close(run(experts.transformer), run(build_tiny_transformer(0)), rtol=0, atol=0)
+    assert not getattr(experts.transformer_2, "peft_config", None)
 
 
 def test_official_keys_become_comfy_keys():
@@ -119,7 +138,7 @@ def test_lora_on_a_gguf_expert_changes_the_output_by_the_merged_delta(tmp_path):
     dim = GGUF_TRANSFORMER["num_attention_heads"] * GGUF_TRANSFORMER["attention_head_dim"]
     lora = svi_official_lora(dim)
     load_lora(expert, lora, "svi")
-    set_strengths(expert, {"svi": 0.75})
+    set_strengths(SimpleNamespace(transformer=expert, transformer_2=None), LoraStrengths(svi_high=0.75))
     reference = dequantized_reference(path)
     with torch.no_grad():
         for name, key in (("blocks.0.attn1.to_q", "blocks.0.self_attn.q"), ("blocks.1.attn2.to_out.0", "blocks.1.cross_attn.o")):

@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 from safetensors.torch import save_file
 
-from engine.config import LoraStrengths
 from engine.models.config import EngineConfig
 from engine.models.download import download_preset
 from tests.support.gguf_writer import diffusers_to_wan_keys, write_wan_gguf
 from engine.models.loading import load_models, unload_models
 from engine.models.presets import PRESETS, ModelFiles, Preset
 from engine.svi import generate_story
+from engine.worker import resolve_settings
 from engine.models.tiny import TINY_TRANSFORMER, TINY_VAE, build_tiny_components
 from tests.support.engine_helpers import make_photo
 from tests.support.fake_hub import FakeHub
@@ -87,18 +88,65 @@ def test_download_then_load_then_generate(tiny_repo, tmp_path, monkeypatch):
     monkeypatch.setitem(PRESETS, "tiny_gguf", preset)
     with FakeHub(repos) as hub:
         download_preset("tiny_gguf", tmp_path, endpoint=hub.endpoint, progress=False, token=None)
-    strengths = LoraStrengths(svi_high=1.0, svi_low=1.0, lightx2v_high=0.5, lightx2v_low=1.0)
     try:
-        models = load_models(EngineConfig(preset="tiny_gguf", models_dir=tmp_path, device="cpu",
-                                          lora_strengths=strengths))
+        models = load_models(EngineConfig(preset="tiny_gguf", models_dir=tmp_path, device="cpu"))
         assert type(models.transformer.blocks[0].ffn.net[2]).__name__ == "GGUFLinear"
         assert type(models.transformer_2.condition_embedder.text_embedder.linear_1).__name__ == "GGUFLinear"
         assert set(models.transformer.peft_config) == {"svi", "lightx2v"}
         assert set(models.transformer_2.peft_config) == {"svi", "lightx2v"}
         q = models.transformer.blocks[0].attn1.to_q
-        assert q.scaling == {"svi": 1.0, "lightx2v": 0.5}  # per-expert strengths, unfused
+        assert q.scaling == {"svi": 1.0, "lightx2v": 0.5}  # the fast recipe's per-expert strengths, unfused
+        assert models.adapters == {"svi", "lightx2v"}
         assert models.transformer_2.blocks[0].attn1.to_q.scaling == {"svi": 1.0, "lightx2v": 1.0}
         results = generate_story(models, make_photo(), ["walk", "run"], preset.settings)
         assert [len(r.frames) for r in results] == [9, 4]
+    finally:
+        unload_models()
+
+
+def adapter_weights(expert) -> dict:
+    """The weight each adapter has on the layer the tiny LoRAs target (blocks.0 self-attention q)."""
+    return dict(expert.blocks[0].attn1.to_q.scaling)
+
+
+def test_each_job_runs_its_recipe_strengths(tiny_repo, tmp_path, monkeypatch):
+    """A `quality` job runs with LightX2V at 0 on both experts, the next `fast` job with 0.5 / 1.0, and the
+    next `quality` job gives the first one's frames again: strengths switch per job, without a reload."""
+    repos, configs = tiny_repo
+    preset = Preset(name="tiny_gguf", files=tiny_repo_files(), sizes={},
+                    settings=replace(PRESETS["tiny"].settings, num_frames=5), config_dir=configs)
+    monkeypatch.setitem(PRESETS, "tiny_gguf", preset)
+    with FakeHub(repos) as hub:
+        download_preset("tiny_gguf", tmp_path, endpoint=hub.endpoint, progress=False, token=None)
+    config = EngineConfig(preset="tiny_gguf", models_dir=tmp_path, device="cpu")
+    photo = make_photo()
+    try:
+        models = load_models(config)
+        seen = []  # (expert, adapter weights) at every transformer call
+        for name in ("transformer", "transformer_2"):
+            expert = getattr(models, name)
+            expert.register_forward_pre_hook(lambda m, a, name=name: seen.append((name, adapter_weights(m))))
+
+        def run(job_settings: dict):
+            seen.clear()
+            _, settings = resolve_settings({"preset": "tiny_gguf", **job_settings}, config)
+            frames = generate_story(models, photo, ["walk"], settings)[0].frames
+            return frames, {(name, tuple(sorted(w.items()))) for name, w in seen}, len(seen)
+
+        quality, quality_weights, quality_calls = run({"quality": "quality"})
+        assert quality_weights == {("transformer", (("lightx2v", 0.0), ("svi", 1.0))),
+                                   ("transformer_2", (("lightx2v", 0.0), ("svi", 1.0)))}
+        assert quality_calls == 100  # 50 steps, guidance 5: a negative pass on every step
+        fast, fast_weights, fast_calls = run({"quality": "fast"})
+        assert fast_weights == {("transformer", (("lightx2v", 0.5), ("svi", 1.0))),
+                                ("transformer_2", (("lightx2v", 1.0), ("svi", 1.0)))}
+        assert fast_calls == 4
+        again, _, _ = run({"quality": "quality"})
+        assert np.array_equal(again, quality)  # LightX2V back at 0 leaves no trace of the fast job
+        # and LightX2V at its fast strengths is what changes the fast job's output
+        without, without_weights, _ = run({"quality": "fast", "lightx2v_high": 0.0, "lightx2v_low": 0.0})
+        assert ("transformer_2", (("lightx2v", 0.0), ("svi", 1.0))) in without_weights
+        assert not np.array_equal(without, fast)
+        assert load_models(config) is models  # one load for all four jobs
     finally:
         unload_models()

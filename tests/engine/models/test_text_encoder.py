@@ -27,7 +27,9 @@ def eager_embeddings(models, path, texts):
 def test_loaded_only_on_a_cache_miss_and_freed(tiny_repo, tmp_path, monkeypatch):  # noqa: F811
     repos, configs = tiny_repo
     files = tiny_repo_files()
-    preset = Preset(name="tiny_te", files=files, sizes={}, settings=replace(PRESETS["tiny"].settings, num_frames=5),
+    # no LoRAs loaded: plain Wan 2.2, so last-frame chaining
+    settings = replace(PRESETS["tiny"].settings, num_frames=5, chaining="last-frame")
+    preset = Preset(name="tiny_te", files=files, sizes={}, settings=settings,
                     config_dir=configs)
     monkeypatch.setitem(PRESETS, "tiny_te", preset)
     with FakeHub(repos) as hub:

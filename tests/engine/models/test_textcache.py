@@ -65,3 +65,26 @@ def test_story_with_a_text_cache_encodes_each_prompt_once(tiny_models, photo, ti
     assert calls == [1]  # the re-roll read the embedding from disk
     assert (first[0].frames == again[0].frames).all()
     assert (first[0].frames == uncached[0].frames).all()  # cached embeddings give the same video
+
+
+def test_prompts_are_cleaned_before_the_cache_key(tiny_models, photo, tiny_settings, settings_with, tmp_path):
+    from engine.svi import generate_story
+
+    settings = settings_with(tiny_settings, num_frames=5)
+    real_encoder = tiny_models.text_encoder
+    calls = []
+
+    def counting(ids, mask):
+        calls.append(ids.shape[0])
+        return real_encoder(ids, mask)
+
+    tiny_models.text_cache = TextCache(tmp_path, "tiny@32")
+    tiny_models.text_encoder = counting
+    try:
+        first = generate_story(tiny_models, photo, ["a cat  walks"], settings)
+        again = generate_story(tiny_models, photo, [" a cat walks\n"], settings)
+    finally:
+        tiny_models.text_cache, tiny_models.text_encoder = None, real_encoder
+    assert calls == [1]  # both clean to "a cat walks", so the second story reads the first one's embedding
+    assert TextCache(tmp_path, "tiny@32").get("a cat walks") is not None
+    assert (first[0].frames == again[0].frames).all()
