@@ -34,9 +34,9 @@ async def test_claim_on_empty_queue_returns_none(make_queue):
     assert await q.claim(_worker(0)) is None
 
 
-def _claim_all(db_path: str, photos: str, index: int, out: str) -> None:
+def _claim_all(config: QueueConfig, photos: str, index: int, out: str) -> None:
     async def run() -> list[int]:
-        q = await JobQueue.open(QueueConfig(db_path=Path(db_path), lease_seconds=600), Path(photos))
+        q = await JobQueue.open(config, Path(photos))
         got = []
         while (job := await q.claim(_worker(index))) is not None:
             got.append(job.id)
@@ -46,13 +46,14 @@ def _claim_all(db_path: str, photos: str, index: int, out: str) -> None:
     Path(out).write_text(json.dumps(asyncio.run(run())))
 
 
-async def test_four_processes_claim_each_job_exactly_once(make_queue, data_dir, limits, tmp_path):
+async def test_four_processes_claim_each_job_exactly_once(make_queue, queue_config, data_dir, limits, tmp_path):
     q = await make_queue()
     photo = png_bytes()
     ids = [(await q.enqueue(new_job([f"p{i}"], photo=photo), limits)).id for i in range(200)]
     ctx = mp.get_context("spawn")
     outs = [tmp_path / f"claimed{i}.json" for i in range(4)]
-    procs = [ctx.Process(target=_claim_all, args=(str(data_dir.db_path), str(data_dir.photos), i, str(outs[i])))
+    procs = [ctx.Process(target=_claim_all, args=(queue_config(lease_seconds=600), str(data_dir.photos), i,
+                                                  str(outs[i])))
              for i in range(4)]
     for p in procs:
         p.start()
@@ -147,15 +148,19 @@ async def test_state_survives_reopen(make_queue, limits, tmp_path):
     job = await q.enqueue(new_job(["one", "two"]), limits)
     w = _worker(0)
     await q.claim(w)
-    video = tmp_path / "s0.mp4"
-    await q.record_segment(job.id, w, index=0, prompt="one", video_path=video, carry_path=None,
+    video, carry = tmp_path / "s0.mp4", tmp_path / "c0.pt"
+    video.write_bytes(b"video-bytes" * 1000)
+    carry.write_bytes(bytes(range(256)) * 9000)  # > 2 MiB: spans several stored chunks
+    await q.record_segment(job.id, w, index=0, prompt="one", video_path=video, carry_path=carry,
                            num_frames=81, duration_s=5.06, gen_seconds=12.0)
     await q.close()
     q2 = await make_queue()
     again = await q2.get_job(job.id)
     assert again.state == "running" and again.prompts == ["one", "two"]
     segs = await q2.segments(job.id)
-    assert [(s.index, s.video_path, s.num_frames) for s in segs] == [(0, str(video), 81)]
+    assert [(s.index, s.num_frames) for s in segs] == [(0, 81)]
+    assert (await q2.local_file(segs[0].video_path)).read_bytes() == video.read_bytes()
+    assert (await q2.local_file(segs[0].carry_path)).read_bytes() == carry.read_bytes()
     stats = await q2.stats()
     assert stats.running == 1 and stats.seconds_per_segment == pytest.approx(12.0)
     assert await q2.segments_ahead(job.id) == 1
@@ -167,8 +172,10 @@ async def test_outbox_delivers_each_event_once_across_restart(make_queue, limits
     w = _worker(0)
     await q.claim(w)
     for i in range(2):
+        (tmp_path / f"{i}.mp4").write_bytes(b"segment %d" % i)
         await q.record_segment(job.id, w, index=i, prompt=["one", "two"][i], video_path=tmp_path / f"{i}.mp4",
                                carry_path=None, num_frames=9, duration_s=0.5, gen_seconds=1.0)
+    (tmp_path / "story.mp4").write_bytes(b"the whole story")
     await q.complete(job.id, w, tmp_path / "story.mp4", {"num_segments": 2})
     assert await q.pending_events("discord") == []
     pending = await q.pending_events("telegram")
