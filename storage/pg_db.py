@@ -84,7 +84,8 @@ class PgDatabase(Database):
         self.blobs = PgBlobs(self, cache_root)
         self.signals = Signals()
         self._listener: asyncio.Task | None = asyncio.create_task(self._listen_forever()) if listen else None
-        self.listening = asyncio.Event()  # set while LISTEN is active (tests and `svibot workers` read it)
+        self.listening = asyncio.Event()  # set while LISTEN is active
+        self.listener_pid: int | None = None  # the server process of the LISTEN connection
 
     @classmethod
     async def open(cls, url: str, cache_root: Path, *, migrate_schema: bool = True,
@@ -148,9 +149,11 @@ class PgDatabase(Database):
                 con.add_termination_listener(lambda _con: lost.set())
                 for channel in CHANNELS.values():
                     await con.add_listener(channel, self._on_notify)
+                self.listener_pid = con.get_server_pid()
                 self.listening.set()
+                if failures:  # news may have been sent while we were deaf: look once
+                    self.signals.wake(TOPICS)
                 failures = 0
-                self.signals.wake(TOPICS)  # anything sent while we were deaf: look once
                 await lost.wait()
                 log.warning("lost the LISTEN connection to %s; polling until it is back", self.target.safe)
             except asyncio.CancelledError:
@@ -161,8 +164,8 @@ class PgDatabase(Database):
                 self.listening.clear()
                 if con is not None and not con.is_closed():
                     await con.close(timeout=5)
-            await asyncio.sleep(_RELISTEN_S[min(failures, len(_RELISTEN_S) - 1)])
             failures += 1
+            await asyncio.sleep(_RELISTEN_S[min(failures - 1, len(_RELISTEN_S) - 1)])
 
     def _on_notify(self, _con: Any, _pid: int, channel: str, _payload: str) -> None:
         topic = _TOPIC_OF.get(channel)

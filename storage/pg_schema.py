@@ -97,6 +97,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             data BYTEA NOT NULL,
             PRIMARY KEY (name, seq)
         )""",
+        # An event always goes to its job's chat, whoever inserts it: a leaked worker login cannot
+        # make the bots message arbitrary chats.
+        """CREATE FUNCTION svibot_route_event() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            SELECT platform, chat_id INTO NEW.platform, NEW.chat_id FROM jobs WHERE id = NEW.job_id;
+            RETURN NEW;
+        END $$""",
+        """CREATE TRIGGER events_route BEFORE INSERT OR UPDATE OF platform, chat_id, job_id ON events
+           FOR EACH ROW EXECUTE FUNCTION svibot_route_event()""",
     ),
 )
 
@@ -105,11 +114,21 @@ TABLES = ("jobs", "segments", "events", "workers", "blobs", "blob_chunks")
 _LOCK_KEY = 0x5F1B07  # pg_advisory_xact_lock key held while migrating
 
 
+async def _tables(con: asyncpg.Connection) -> set[str]:
+    # A query on pg_class, not to_regclass(): after waiting on an advisory lock the catalog cache may
+    # still miss tables another session just created; a fresh statement snapshot does not.
+    rows = await con.fetch(
+        """SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = current_schema() AND c.relname = ANY($1::text[])""", ["svibot_schema", *TABLES])
+    return {r[0] for r in rows}
+
+
 async def read_version(con: asyncpg.Connection) -> int:
     """The database's schema version; 0 for an empty database. Refuses other programs' tables."""
-    if await con.fetchval("SELECT to_regclass('svibot_schema')") is not None:
+    present = await _tables(con)
+    if "svibot_schema" in present:
         return int(await con.fetchval("SELECT COALESCE(MAX(version), 0) FROM svibot_schema"))
-    taken = [t for t in TABLES if await con.fetchval("SELECT to_regclass($1)", t) is not None]
+    taken = [t for t in TABLES if t in present]
     if taken:
         raise CorruptDatabase(
             f"the database already has table(s) {taken} but no svibot_schema table: it belongs to "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import JobQueue, LeaseLost, NotAllowed, QueueConfig, WorkerId
+from storage import JobQueue, LeaseLost, NewJob, NotAllowed, QueueConfig, WorkerId, WorkerInfo
 from tests.storage.conftest import new_job, png_bytes
 
 
@@ -218,3 +218,51 @@ async def test_worker_liveness(make_queue, clock):
     await q.worker_seen(w, "tiny")
     await q.worker_gone(w)
     assert (await q.stats()).workers_online == 0
+
+
+async def test_claim_serves_only_presets_the_worker_can_run(make_queue, limits):
+    q = await make_queue()
+    big = await q.enqueue(NewJob(**{**new_job().__dict__, "settings": {"preset": "q8_0"}}), limits)
+    small = await q.enqueue(NewJob(**{**new_job().__dict__, "settings": {"preset": "q4_k_m"}}), limits)
+    default = await q.enqueue(new_job(), limits)  # no preset: whatever the claiming worker runs
+    t4 = _worker(0)
+    assert (await q.claim(t4, presets={"q4_k_m", "tiny"})).id == small.id
+    assert (await q.claim(t4, presets={"q4_k_m", "tiny"})).id == default.id
+    assert await q.claim(t4, presets={"q4_k_m", "tiny"}) is None  # q8_0 does not fit this one
+    assert await q.claim(t4, presets=set()) is None
+    assert (await q.claim(_worker(1))).id == big.id  # no filter: serves anything
+
+
+async def test_workers_listing_shows_what_each_is_doing(make_queue, clock, limits, tmp_path):
+    q = await make_queue()
+    a, b = _worker(0), _worker(1)
+    await q.register_worker(a, WorkerInfo(preset="q4_k_m", gpu="Tesla T4", vram_gib=14.5, ram_gib=12.0))
+    clock.advance(1)
+    await q.register_worker(b, WorkerInfo(preset="tiny", gpu="cpu"))
+    job = await q.enqueue(new_job(["one", "two", "three"]), limits)
+    await q.claim(a)
+    (tmp_path / "0.mp4").write_bytes(b"x")
+    await q.record_segment(job.id, a, index=0, prompt="one", video_path=tmp_path / "0.mp4", carry_path=None,
+                           num_frames=9, duration_s=0.5, gen_seconds=1.0)
+    listed = await q.workers()
+    assert [(w.worker_id, w.gpu, w.vram_gib, w.job_id, w.segments_done, w.num_segments) for w in listed] == [
+        (a.owner, "Tesla T4", 14.5, job.id, 1, 3), (b.owner, "cpu", None, None, None, None)]
+    assert [w.doing() for w in listed] == [f"job #{job.id}, segment 2 of 3", "idle"]
+    clock.advance(q.config.worker_online_seconds + 1)
+    await q.worker_seen(b)  # b heartbeats, a went quiet
+    assert [(w.online, w.preset) for w in await q.workers()] == [(False, "q4_k_m"), (True, "tiny")]
+
+
+async def test_watchers_wake_on_new_work_and_news(make_queue, limits):
+    q = await make_queue()
+    work, news = q.watch("jobs"), q.watch("events")
+    assert await work.wait(0.05) is False  # nothing yet: the poll timeout runs out
+    await q.enqueue(new_job(), limits)
+    assert await work.wait(5) is True  # kept until someone waits: no lost wake-up
+    assert await work.wait(0.05) is False
+    await q.enqueue(new_job(), limits)
+    assert await news.wait(0.05) is False  # queueing alone sends no message
+    await q.claim(_worker(0))  # the job behind it moves up: news for the bots
+    assert await news.wait(5) is True
+    with pytest.raises(ValueError, match="topic"):
+        q.watch("jbos")

@@ -9,7 +9,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from storage import CorruptDatabase, JobQueue, Limits, QueueConfig, parse_prompts
+from storage import CorruptDatabase, JobQueue, Limits, QueueConfig, WorkerId, parse_prompts
 from storage.errors import (
     EmptyPrompt,
     NotAnImage,
@@ -199,3 +199,25 @@ def test_formats_whose_decoders_run_other_programs_are_refused():
     with pytest.raises(NotAnImage, match="not an image I can read"):
         from storage.validate import check_photo
         check_photo(eps, Limits())
+
+
+async def test_a_first_release_file_is_upgraded_in_place(data_dir, clock):
+    import sqlite3
+    from storage.schema import MIGRATIONS, SCHEMA_VERSION
+    data_dir.root.mkdir(parents=True)
+    with sqlite3.connect(data_dir.db_path) as db:
+        for stmt in MIGRATIONS[0]:
+            db.execute(stmt)
+        db.execute("PRAGMA user_version = 1")
+        db.execute("""INSERT INTO jobs (platform, chat_id, user_id, photo_path, photo_sha256, prompts, settings,
+                                        created_at, updated_at)
+                      VALUES ('cli', 'c', 'u', 'p.png', 'ab', '["walk"]', '{"preset": "q8_0"}', 1, 1)""")
+    config = QueueConfig(db_path=data_dir.db_path)
+    assert await JobQueue.upgrade(config, data_dir.photos) == (1, SCHEMA_VERSION)
+    q = await JobQueue.open(config, data_dir.photos, clock=clock)
+    try:
+        w = WorkerId(owner="h:1:x", host="h", pid=1)
+        assert await q.claim(w, presets={"q4_k_m"}) is None  # the preset column was filled in
+        assert (await q.claim(w, presets={"q8_0"})).prompts == ["walk"]
+    finally:
+        await q.close()
