@@ -41,15 +41,20 @@ class Watch:
     def _wake(self) -> None:
         self._event.set()
 
-    async def wait(self, timeout: float) -> bool:
-        """Wait for a notification or `timeout` seconds (the polling fallback). True if woken."""
+    async def wait(self, timeout: float, stop: asyncio.Event | None = None) -> bool:
+        """Wait for a notification, for `stop`, or `timeout` seconds (the polling fallback).
+        True if a notification came."""
+        waits = [asyncio.ensure_future(self._event.wait())]
+        if stop is not None:
+            waits.append(asyncio.ensure_future(stop.wait()))
         try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-            return True
-        except (TimeoutError, asyncio.TimeoutError):
-            return False
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self._event.clear()
+            for w in waits:
+                w.cancel()
+        woken = self._event.is_set()
+        self._event.clear()
+        return woken
 
 
 class Signals:
@@ -86,8 +91,8 @@ class BlobStore(abc.ABC):
         """Keep a finished file of a job (already written at `path`); returns its reference."""
 
     @abc.abstractmethod
-    async def local(self, ref: str) -> Path:
-        """A local path holding the referenced file's bytes."""
+    async def local(self, ref: str, *, job_id: int | None = None) -> Path:
+        """A local path holding the referenced file's bytes (kept for `job_id`, if given)."""
 
 
 class Database(abc.ABC):

@@ -67,12 +67,14 @@ class PgBlobs(BlobStore):
                             name, seq, data[start:start + CHUNK_BYTES])
         return digest
 
-    async def local(self, ref: str) -> Path:
+    async def local(self, ref: str, *, job_id: int | None = None) -> Path:
         path = self.cache_path(ref)
-        row = await self._db.fetchone("SELECT size, sha256 FROM blobs WHERE name = ?", ref)
+        row = await self._db.fetchone("SELECT size, sha256, job_id FROM blobs WHERE name = ?", ref)
         if row is None:
             raise FileNotFoundError(f"no stored file {ref!r} in the database (its job may have been deleted)")
         size, digest = int(row[0]), row[1]
+        if job_id is not None and row[2] != job_id:
+            raise ValueError(f"stored file {ref!r} belongs to job #{row[2]}, not job #{job_id}")
         if await asyncio.to_thread(self._cache_holds, path, size, digest):
             return path
         rows = await self._db.fetchall("SELECT data FROM blob_chunks WHERE name = ? ORDER BY seq", ref)

@@ -75,10 +75,12 @@ class JobQueue(LeaseVerbs):
         await self.close()
 
     # -- files and wake-ups --------------------------------------------------------------------
-    async def local_file(self, ref: str) -> Path:
+    async def local_file(self, ref: str, *, job_id: int | None = None) -> Path:
         """A local path for a file a row refers to (photo, segment, carry, story), fetched from the
-        database into this machine's cache where the backend keeps files there."""
-        return await self._db.blobs.local(ref)
+        database into this machine's cache where the backend keeps files there.
+
+        With `job_id`, a file kept for another job is refused (an event cannot point elsewhere)."""
+        return await self._db.blobs.local(ref, job_id=job_id)
 
     def watch(self, topic: str) -> Watch:
         """A wake-up for "jobs" (work to claim) or "events" (outbox news); create it before polling."""

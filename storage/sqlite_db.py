@@ -30,7 +30,7 @@ class FileBlobs(BlobStore):
     async def put_file(self, s: Session, job_id: int, path: Path) -> str:
         return str(path)
 
-    async def local(self, ref: str) -> Path:
+    async def local(self, ref: str, *, job_id: int | None = None) -> Path:
         return Path(ref)
 
 

@@ -240,3 +240,15 @@ async def test_a_restricted_role_cannot_upgrade_and_says_who_can(pg_server, pg_u
     finally:
         await _sql(pg_url, "REVOKE ALL ON ALL TABLES IN SCHEMA public FROM old_worker")
         await _sql(pg_server.url(), "DROP ROLE IF EXISTS old_worker")
+
+
+async def test_a_file_of_another_job_is_refused_when_a_job_is_named(pg_url, tmp_path):
+    q = await _open(pg_url, tmp_path)
+    try:
+        a = await q.enqueue(new_job(), Limits())
+        b = await q.enqueue(new_job(), Limits())
+        assert (await q.local_file(a.photo_path, job_id=a.id)).exists()
+        with pytest.raises(ValueError, match=f"belongs to job #{a.id}, not job #{b.id}"):
+            await q.local_file(a.photo_path, job_id=b.id)
+    finally:
+        await q.close()
