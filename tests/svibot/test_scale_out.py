@@ -20,6 +20,8 @@ from engine.video import read_frames
 from engine.worker import Worker, WorkerConfig
 from svibot.cli import main
 from storage import DataDir, JobQueue, Limits, NewJob, QueueConfig, WorkerId, WorkerInfo
+from tests.fakes.scripted_worker import count_frames
+from tests.fakes.telegram_api import FakeTelegram
 
 REPO = Path(__file__).resolve().parents[2]
 PHOTO = REPO / "examples" / "chelsea.jpg"
@@ -171,6 +173,39 @@ async def test_a_worker_killed_mid_story_is_taken_over_from_the_database(pg_url,
     (want,) = await single_worker_frames(single, [story(["walk", "run", "fly"], 5, num_inference_steps=12)])
     np.testing.assert_array_equal(got, want)
     assert torch.equal(carry_3, torch.load(DataDir(single).segment_carry(1, 2)))
+
+
+async def test_telegram_bot_and_worker_on_two_machines_share_only_the_database(pg_url, tmp_path):
+    """`svibot serve --telegram --no-worker` on one "machine", `svibot worker` on another."""
+    chat = 4242
+    async with FakeTelegram() as fake:
+        base = {**os.environ, "SVIBOT_DATABASE_URL": pg_url, "SVIBOT_PROGRESS_INTERVAL": "0"}
+        bot_env = {**base, "TELEGRAM_BOT_TOKEN": fake.token, "TELEGRAM_API_BASE_URL": fake.base_url,
+                   "SVIBOT_DATA_DIR": str(tmp_path / "bot")}
+        gpu_env = {**base, "SVIBOT_DATA_DIR": str(tmp_path / "gpu"), "SVIBOT_PRESET": "tiny"}
+        procs = [subprocess.Popen([sys.executable, "-m", "svibot.cli", "serve", "--telegram", "--no-worker"],
+                                  cwd=REPO, env=bot_env, stderr=subprocess.PIPE),
+                 subprocess.Popen([sys.executable, "-m", "svibot.cli", "worker"], cwd=REPO, env=gpu_env,
+                                  stderr=subprocess.PIPE)]
+        try:
+            await fake.wait_for(lambda: fake.method_calls("getUpdates"), timeout=60, what="polling")
+            fake.user_message(chat, chat, caption="/story walk | run", photo=PHOTO.read_bytes())
+            await fake.wait_for(lambda: len(fake.sent_to(chat, "sendVideo")) == 3, timeout=120, what="the story")
+        finally:
+            errors = stop_all(procs)
+    assert [p.returncode for p in procs] == [0, 0], errors
+    password = pg_url.split(":")[2].split("@")[0]
+    assert not [e for e in errors if password in e or fake.token in e]
+    videos = fake.sent_to(chat, "sendVideo")
+    assert [v.text for v in videos[:2]] == ["Segment 1/2: walk", "Segment 2/2: run"]
+    frames = []
+    for i, video in enumerate(videos):
+        path = tmp_path / f"v{i}.mp4"
+        path.write_bytes(video.data)
+        frames.append(count_frames(path))
+    assert frames == [13, 8, 21]
+    assert not (tmp_path / "bot" / "jobs" / "000001" / "carry_000.pt").exists()  # the bot never needs carries
+    assert list((tmp_path / "gpu" / "jobs" / "000001").glob("photo.*"))  # it reached the GPU through the database
 
 
 def test_db_upgrade_workers_and_worker_role_commands(pg_url, tmp_path, capsys):
