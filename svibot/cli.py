@@ -125,7 +125,7 @@ async def cmd_jobs(cfg: AppConfig, args: argparse.Namespace) -> int:
     if args.action in ("show", "cancel") and args.job_id is None:
         print(f"svibot jobs {args.action} needs a job id", file=sys.stderr)
         return EXIT_USAGE
-    async with await JobQueue.open(cfg.queue, cfg.data_dir.photos) as queue:
+    async with await JobQueue.open(cfg.queue, cfg.data_dir.photos, listen=False) as queue:
         if args.action == "cancel":
             job = await queue.cancel(args.job_id, is_admin=True)
             print(f"job #{job.id}: {'cancel requested' if job.state == 'running' else job.state}")
