@@ -67,7 +67,7 @@ async def wait_for(check, timeout: float, procs: list[subprocess.Popen], what: s
         for p in procs:
             assert p.poll() is None, f"a worker exited early while waiting for {what}: {p.stderr.read().decode()}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
 
 
 def stop_all(procs: list[subprocess.Popen]) -> list[str]:
