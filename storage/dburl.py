@@ -5,13 +5,14 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from .errors import BadSetting
+from .redact import REDACTED
 
 PG_SCHEMES = ("postgresql", "postgres")
 LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "::1"})
 
 
 def redact(url: str) -> str:
-    """The URL with its password replaced by ***, for logs and error messages."""
+    """The URL with its password replaced by <redacted>, for logs and error messages."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -20,7 +21,7 @@ def redact(url: str) -> str:
         return url
     user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{host}"))
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from .dburl import PgTarget, parse_database_url
 from .errors import DatabaseUnavailable
 from .pg_blobs import PgBlobs
 from .pg_schema import migrate, read_version
+from .redact import REDACTED
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ async def _connect(target: PgTarget, make: Any) -> Any:
         detail = str(err)
         password = _password(target.url)
         if password:
-            detail = detail.replace(password, "***")
+            detail = detail.replace(password, REDACTED)
         raise DatabaseUnavailable(
             f"cannot connect to the database at {target.safe}: {type(err).__name__}: {detail}") from None
 

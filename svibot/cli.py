@@ -331,6 +331,10 @@ COMMANDS = {"jobs": cmd_jobs, "worker": cmd_worker, "serve": cmd_serve, "downloa
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup(args.log_level, os.environ)
+    if getattr(args, "database_url", None):  # a URL given as a flag has a password to hide too
+        from storage.redact import add_secret, secrets_from_env
+        for secret in secrets_from_env({"SVIBOT_DATABASE_URL": args.database_url}):
+            add_secret(secret)
     try:
         cfg = build_config(args, os.environ)
         return asyncio.run(COMMANDS[args.command](cfg, args))

@@ -104,7 +104,7 @@ async def test_schema_version_table_and_a_newer_schema_is_refused(pg_url, tmp_pa
     await _sql(pg_url, f"UPDATE svibot_schema SET version = {SCHEMA_VERSION + 1}")
     with pytest.raises(SchemaTooNew, match=f"schema version {SCHEMA_VERSION + 1}, newer than this svibot's") as err:
         await _open(pg_url, tmp_path)
-    assert "***" in str(err.value) and pg_url.split(":")[2].split("@")[0] not in str(err.value)
+    assert "<redacted>" in str(err.value) and pg_url.split(":")[2].split("@")[0] not in str(err.value)
 
 
 async def test_an_old_schema_waits_for_db_upgrade_then_keeps_its_jobs(pg_url, tmp_path):
@@ -150,7 +150,7 @@ async def test_files_travel_through_the_database_between_machines(pg_url, tmp_pa
     try:
         photo = png_bytes((120, 90), "plum")
         job = await bot.enqueue(new_job(["a"], photo=photo), Limits())
-        assert job.photo_path == f"jobs/{job.id:06d}/photo.img"
+        assert job.photo_path == f"jobs/{job.id:06d}/photo.png"  # named by its bytes
         got = await gpu.local_file(job.photo_path)
         assert got.is_relative_to(gpu_root) and got.read_bytes() == photo
         await gpu.claim(WORKER)
@@ -178,7 +178,7 @@ def test_remote_hosts_get_tls_by_default_and_urls_are_printed_without_passwords(
     assert parse_database_url("postgres://svibot:pw@db.example.com/q?sslmode=verify-full").ssl is None
     assert parse_database_url("postgresql://svibot:pw@127.0.0.1:5432/q").ssl is None
     assert parse_database_url("postgresql:///q?host=/var/run/postgresql").ssl is None
-    assert redact("postgresql://svibot:hunter2@db.example.com:6543/q") == "postgresql://svibot:***@db.example.com:6543/q"
+    assert redact("postgresql://svibot:hunter2@db.example.com:6543/q") == "postgresql://svibot:<redacted>@db.example.com:6543/q"
     with pytest.raises(BadSetting, match="must start with postgresql://") as err:
         parse_database_url("mysql://root:hunter2@db/q")
     assert "hunter2" not in str(err.value)
@@ -189,7 +189,7 @@ async def test_a_refused_login_never_shows_the_password(pg_server, pg_url, tmp_p
     with caplog.at_level(logging.DEBUG):
         with pytest.raises(DatabaseUnavailable, match="password authentication failed") as err:
             await _open(bad, tmp_path)
-    assert "Wr0ng-Secret-pw" not in str(err.value) + caplog.text and ":***@127.0.0.1" in str(err.value)
+    assert "Wr0ng-Secret-pw" not in str(err.value) + caplog.text and ":<redacted>@127.0.0.1" in str(err.value)
     assert "Wr0ng-Secret-pw" not in repr(_config(bad, tmp_path))
     # sslmode from the URL is honoured: this test server speaks no TLS, so requiring it fails.
     with pytest.raises(DatabaseUnavailable, match="cannot connect"):

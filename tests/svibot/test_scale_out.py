@@ -212,7 +212,7 @@ def test_db_upgrade_workers_and_worker_role_commands(pg_url, tmp_path, capsys):
     data = ["--data-dir", str(tmp_path / "d")]
     assert main([*data, "db", "upgrade", "--database-url", pg_url]) == 0
     out = capsys.readouterr().out
-    assert "schema version 2 (was 0)" in out and ":***@127.0.0.1" in out and pg_url not in out
+    assert "schema version 2 (was 0)" in out and ":<redacted>@127.0.0.1" in out and pg_url not in out
     os.environ["SVIBOT_DATABASE_URL"] = pg_url
     try:
         assert main([*data, "db", "upgrade"]) == 0
