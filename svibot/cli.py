@@ -247,7 +247,7 @@ async def cmd_serve(cfg: AppConfig, args: argparse.Namespace) -> int:
         if restore(args.snapshot_to, cfg.queue.db_path):
             log.info("restored the queue from %s", args.snapshot_to)
     worker = None
-    log.info("serving the queue at %s", describe_queue(cfg))
+    log.debug("serving the queue at %s", describe_queue(cfg))  # INFO stays quiet until the bots are up
     async with await JobQueue.open(cfg.queue, cfg.data_dir.photos) as queue:
         tasks = [asyncio.create_task(run(conf, bot_config, queue, cfg.data_dir, stop)) for run, conf in platforms]
         if not args.no_worker:
