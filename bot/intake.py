@@ -9,7 +9,6 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from storage.errors import DiskFull, InputError, JobNotFound, NotAllowed, QuotaExceeded
@@ -138,7 +137,7 @@ async def reroll(queue: JobQueue, config: BotConfig, job_id: int, *, platform: s
     """
     old = await _job_here(queue, config, job_id, platform=platform, user_id=user_id, chat_id=chat_id,
                           verb="re-roll")
-    photo = Path(old.photo_path).read_bytes()
+    photo = (await queue.local_file(old.photo_path, job_id=old.id)).read_bytes()
     settings = {k: v for k, v in old.settings.items() if k != "seed"}
     return await start_story(queue, config, StoryRequest(
         platform=old.platform, chat_id=str(chat_id), user_id=str(user_id), text=" | ".join(old.prompts),
@@ -199,7 +198,7 @@ async def queue_overview(queue: JobQueue, config: BotConfig, *, user_id: str, li
     lines = [f"{line} (user {job.platform}:{job.user_id})"
              for job, line in zip(jobs, await _job_lines(queue, jobs))]
     stats = await queue.stats()
-    return texts.queue_text(lines, stats.workers_online)
+    return texts.queue_text(lines, stats.workers_online, [texts.worker_line(w) for w in await queue.workers()])
 
 
 async def help_text(queue: JobQueue, config: BotConfig, *, command_prefix: str = "/",

@@ -89,7 +89,12 @@ class Outbox:
         self._sent: dict[tuple[int, str], str] = {}  # (event id, part) -> message id, for partial events
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until `stop` is set. Flood waits and errors never lose an event."""
+        """Deliver until `stop` is set. Flood waits and errors never lose an event.
+
+        Between rounds it sleeps until the queue signals news (a worker on another machine wrote an
+        event) or the poll interval passes; a flood wait is always sat out in full.
+        """
+        news = self.queue.watch("events")
         while not stop.is_set():
             wait = self.config.poll_interval_s
             try:
@@ -97,12 +102,14 @@ class Outbox:
             except RetryLater as err:
                 wait = min(max(err.seconds, wait), self.config.max_retry_wait_s)
                 log.warning("%s asked to slow down; waiting %.1f s", self.deliverer.platform, wait)
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=wait)
+                except asyncio.TimeoutError:
+                    pass
+                continue
             except Exception:
                 log.exception("outbox round failed; retrying in %.1f s", wait)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=wait)
-            except asyncio.TimeoutError:
-                pass
+            await news.wait(wait, stop)
 
     async def _round(self, stop: asyncio.Event) -> None:
         """One `deliver_once`; once `stop` is set it has `shutdown_grace_s` left, then it is cancelled."""
@@ -183,11 +190,11 @@ class Outbox:
             index, n = int(p["index"]), int(p["num_segments"])
             await self._status(job, texts.uploading_text(job.id, index, n), wait=False, active=True)
             caption = texts.segment_caption(index, n, str(p["prompt"]))
-            return True, await self._once(event, "video", lambda: self._video(job, Path(p["video_path"]), caption))
+            return True, await self._once(event, "video", lambda: self._video(job, str(p["video_path"]), caption))
         if event.kind == "done":
             n = int(p.get("num_segments", job.num_segments))
             duration = float(p.get("duration_s", 0.0))
-            final = Path(p.get("final_path") or job.final_path or "")
+            final = str(p.get("final_path") or job.final_path or "")
             message_id = await self._once(
                 event, "video", lambda: self._video(job, final, texts.story_caption(n, duration)))
             await self._status(job, texts.done_text(job.id, n, duration), wait=True, active=False)
@@ -209,7 +216,11 @@ class Outbox:
             self._sent[key] = str(await send())
         return self._sent[key]
 
-    async def _video(self, job: Job, path: Path, caption: str) -> str:
+    async def _video(self, job: Job, ref: str, caption: str) -> str:
+        try:  # on PostgreSQL the file is fetched from the database into the local cache
+            path = await self.queue.local_file(ref, job_id=job.id)
+        except (OSError, ValueError) as err:
+            raise Undeliverable(f"video {ref!r} is missing: {err}") from None
         if not path.is_file():
             raise Undeliverable(f"video file {path} is missing")
         limit = self.deliverer.upload_limit(job)

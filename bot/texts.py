@@ -9,6 +9,7 @@ from storage.config import Limits
 from storage.models import Job
 from storage.redact import redact
 from storage.validate import excerpt
+from storage.workers import WorkerStatus
 
 # Platform length limits. Telegram and Discord count characters; a character outside the BMP may
 # count twice, so `fit` counts UTF-16 code units, which is never less.
@@ -156,10 +157,16 @@ def status_text(lines: list[str], workers_online: int) -> str:
     return "Your jobs:\n" + "\n".join(lines) + "\n" + worker
 
 
-def queue_text(lines: list[str], workers_online: int) -> str:
-    if not lines:
-        return f"The queue is empty. GPU workers online: {workers_online}."
-    return "Queue:\n" + "\n".join(lines) + f"\nGPU workers online: {workers_online}."
+def queue_text(lines: list[str], workers_online: int, worker_lines: list[str] = ()) -> str:
+    head = "The queue is empty." if not lines else "Queue:\n" + "\n".join(lines)
+    tail = "".join(f"\n  {w}" for w in worker_lines)
+    return f"{head}\nGPU workers online: {workers_online}.{tail}"
+
+
+def worker_line(w: WorkerStatus) -> str:
+    """One worker for /queue: where it runs, on what, and what it is doing."""
+    budget = f", {w.vram_gib:g} GiB" if w.vram_gib else ""
+    return f"{w.host} ({w.gpu or 'unknown GPU'}{budget}, {w.preset or 'any preset'}): {w.doing()}"
 
 
 # -- refusals and replies ------------------------------------------------------------------------

@@ -11,12 +11,11 @@ import time
 from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from storage import DataDir, DiskFull, InputError, Job, JobQueue, LeaseLost, WorkerId
+from storage import DataDir, DiskFull, InputError, Job, JobQueue, LeaseLost, WorkerId, WorkerInfo
 from storage.errors import BadSetting
 from storage.files import atomic_path
 
@@ -37,10 +36,11 @@ JOB_ONLY_KEYS = ("preset", "quality")  # job settings that are not GenerationSet
 class WorkerConfig:
     data_dir: DataDir
     engine: EngineConfig  # the default preset; a job's "preset" setting overrides it
-    poll_s: float = 1.0  # how often an idle worker looks for work
+    poll_s: float = 1.0  # how often an idle worker looks for work when no wake-up comes
     heartbeat_s: float = 20.0  # lease extension while no denoising step runs (loading, decoding)
     progress_interval_s: float = 2.0  # progress events are throttled to one per interval per job
     recipes: Mapping[str, Recipe] = field(default_factory=lambda: dict(RECIPES))  # with the operator's overrides
+    presets: tuple[str, ...] | None = None  # claim only jobs naming these presets (or none); None: any
 
 
 class _Stop(Exception):
@@ -61,6 +61,17 @@ def resolve_settings(settings: dict[str, Any], engine: EngineConfig,
     base = preset.settings.with_recipe(recipes[level])
     extra = {k: v for k, v in settings.items() if k not in JOB_ONLY_KEYS}
     return preset.name, GenerationSettings.from_dict({**base.to_dict(), **extra})
+
+
+def describe(engine: EngineConfig) -> WorkerInfo:
+    """What this worker tells the queue about itself (shown by `svibot workers` and /queue)."""
+    gpu, vram = "cpu", None
+    if engine.device != "cpu" and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(0)
+        vram = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    return WorkerInfo(preset=engine.preset, gpu=gpu,
+                      vram_gib=engine.vram_budget_gib if engine.vram_budget_gib is not None else vram,
+                      ram_gib=engine.ram_budget_gib)
 
 
 def user_error(err: BaseException, segment: int, num_segments: int) -> str:
@@ -90,9 +101,14 @@ class Worker:
     # -- the loop --------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, *, once: bool = False,
                   until_job: int | None = None) -> int:
-        """Serve jobs until `stop` is set (or, with `once`, until the queue is empty). Returns jobs run."""
+        """Serve jobs until `stop` is set. Returns jobs run.
+
+        With `once`, drain: stop when nothing this worker can claim is queued and no other worker
+        holds a job either (a job whose worker dies comes back to the queue when its lease expires).
+        """
         done = 0
-        await self.queue.worker_seen(self.me, self.config.engine.preset)
+        work = self.queue.watch("jobs")  # before the first claim: no wake-up is missed
+        await self.queue.register_worker(self.me, describe(self.config.engine))
         reclaimed = await self.queue.reclaim_dead_local(self.me)
         if reclaimed:
             log.info("reclaimed jobs %s from a dead worker on this host", reclaimed)
@@ -100,14 +116,11 @@ class Worker:
             while not stop.is_set():
                 await self.queue.reap_expired()
                 await self.queue.worker_seen(self.me, self._preset_loaded or self.config.engine.preset)
-                job = await self.queue.claim(self.me)
+                job = await self.queue.claim(self.me, presets=self.config.presets)
                 if job is None:
-                    if once:
+                    if once and (await self.queue.stats()).running == 0:
                         break
-                    try:
-                        await asyncio.wait_for(stop.wait(), self.config.poll_s)
-                    except TimeoutError:
-                        pass
+                    await work.wait(self.config.poll_s, stop)
                     continue
                 await self.process(job, stop)
                 done += 1
@@ -162,10 +175,14 @@ class Worker:
             start = len(done)
             state["segment"] = state["start"] = start
             if start < n:
-                carry = torch.load(done[-1].carry_path, map_location="cpu") if start else None
+                # Files come from the queue: on PostgreSQL another machine may have written them.
+                carry = None
+                if start:
+                    carry = torch.load(await self.queue.local_file(done[-1].carry_path), map_location="cpu")
+                photo = await self.queue.local_file(job.photo_path)
                 models = await asyncio.to_thread(self._models_for, preset_name)
                 await asyncio.to_thread(
-                    self._generate, models, Path(job.photo_path), job.prompts, settings,
+                    self._generate, models, photo, job.prompts, settings,
                     start_segment=start, carry=carry, on_progress=on_progress, on_segment=on_segment,
                     should_cancel=should_cancel)
             return await self._finish(job)
@@ -192,8 +209,8 @@ class Worker:
 
     async def _finish(self, job: Job) -> Job:
         segments = await self.queue.segments(job.id)
-        final = await asyncio.to_thread(
-            stitch, [Path(s.video_path) for s in segments], self.config.data_dir.story_video(job.id))
+        videos = [await self.queue.local_file(s.video_path) for s in segments]
+        final = await asyncio.to_thread(stitch, videos, self.config.data_dir.story_video(job.id))
         frames = await asyncio.to_thread(probe_num_frames, final)
         return await self.queue.complete(job.id, self.me, final, {
             "num_segments": len(segments), "num_frames": frames,

@@ -28,10 +28,23 @@ class Quota:
 
 @dataclass(frozen=True)
 class QueueConfig:
-    db_path: Path
+    db_path: Path  # the SQLite file, used when `database_url` is unset
     lease_seconds: float = 120.0  # a T4 step takes ~70 s; heartbeats run every lease/4
     max_attempts: int = 3  # crashes tolerated per job before it is failed
     worker_online_seconds: float = 90.0  # a worker heartbeat older than this means "offline"
+    database_url: str | None = None  # postgresql://...: share the queue between machines
+    cache_root: Path | None = None  # where PostgreSQL-kept files are cached; default: db_path's folder
+
+    @property
+    def files_root(self) -> Path:
+        return Path(self.cache_root) if self.cache_root is not None else Path(self.db_path).parent
+
+    def __repr__(self) -> str:  # the URL may carry a password
+        from .dburl import redact
+
+        url = None if self.database_url is None else redact(self.database_url)
+        return (f"QueueConfig(db_path={self.db_path!r}, lease_seconds={self.lease_seconds}, "
+                f"max_attempts={self.max_attempts}, database_url={url!r})")
 
 
 @dataclass(frozen=True)

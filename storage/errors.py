@@ -84,6 +84,18 @@ class DailyQuotaReached(QuotaExceeded):
         self.limit = limit
 
 
+class SchemaTooNew(CorruptDatabase):
+    """The database was upgraded by a newer svibot; this one refuses to touch it."""
+
+
+class SchemaOutdated(SvibotError):
+    """The database's schema is older than this svibot's and may not be upgraded from here."""
+
+
+class DatabaseUnavailable(SvibotError):
+    """The database server could not be reached or refused the login (the URL is shown without its password)."""
+
+
 class JobNotFound(SvibotError, LookupError):
     pass
 

@@ -1,12 +1,13 @@
-"""Schema statements, forward migrations (versioned with PRAGMA user_version) and the checks run
-before a database file is trusted."""
+"""SQLite: schema statements, forward migrations (versioned with PRAGMA user_version) and the
+checks run before a database file is trusted. PostgreSQL's twin is `pg_schema.py`; both keep the
+same version numbers."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import aiosqlite
 
-from .errors import CorruptDatabase
+from .errors import CorruptDatabase, SchemaTooNew
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -82,6 +83,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             seen_at REAL NOT NULL
         )""",
     ),
+    (
+        # 2: claims filtered by preset, and workers that say what they run on.
+        "ALTER TABLE jobs ADD COLUMN preset TEXT",
+        "UPDATE jobs SET preset = json_extract(settings, '$.preset')",
+        "ALTER TABLE workers ADD COLUMN gpu TEXT",
+        "ALTER TABLE workers ADD COLUMN vram_gib REAL",
+        "ALTER TABLE workers ADD COLUMN ram_gib REAL",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -98,11 +107,12 @@ def check_is_sqlite(path: Path) -> None:
             "Move it away or point SVIBOT_DATA_DIR elsewhere.")
 
 
-async def migrate(db: aiosqlite.Connection, path: Path) -> None:
+async def migrate(db: aiosqlite.Connection, path: Path) -> int:
+    """Bring the file up to date; returns the version it had."""
     cur = await db.execute("PRAGMA user_version")
     (version,) = await cur.fetchone()
     if version > SCHEMA_VERSION:
-        raise CorruptDatabase(
+        raise SchemaTooNew(
             f"{path} has schema version {version}, newer than this svibot's {SCHEMA_VERSION}; upgrade svibot")
     if version == 0:
         cur = await db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
@@ -113,10 +123,13 @@ async def migrate(db: aiosqlite.Connection, path: Path) -> None:
     for target in range(version + 1, SCHEMA_VERSION + 1):
         await db.execute("BEGIN IMMEDIATE")
         try:
-            for stmt in MIGRATIONS[target - 1]:
-                await db.execute(stmt)
-            await db.execute(f"PRAGMA user_version = {target}")
+            cur = await db.execute("PRAGMA user_version")  # another process may have migrated meanwhile
+            if (await cur.fetchone())[0] < target:
+                for stmt in MIGRATIONS[target - 1]:
+                    await db.execute(stmt)
+                await db.execute(f"PRAGMA user_version = {target}")
         except BaseException:
             await db.execute("ROLLBACK")
             raise
         await db.execute("COMMIT")
+    return version

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help="queue, photos, videos and model cache (env SVIBOT_DATA_DIR; default ./svibot-data)")
     parser.add_argument("--log-level", default=os.environ.get("SVIBOT_LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def db_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--database-url", metavar="URL",
+                       help="postgresql://... to share one queue between machines (env SVIBOT_DATABASE_URL); "
+                            "unset: SQLite in the data dir")
 
     def engine_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--preset", help="tiny, q3_k_m, q4_k_s, q4_k_m, q5_k_m, q6_k, q8_0 (env SVIBOT_PRESET)")
@@ -64,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     engine_flags(p)
 
     p = sub.add_parser("worker", help="run the GPU worker on the queue")
-    p.add_argument("--once", action="store_true", help="drain the queue, then exit")
+    p.add_argument("--once", action="store_true",
+                   help="drain the queue (wait while other workers still hold jobs), then exit")
+    p.add_argument("--serve-presets", metavar="NAMES",
+                   help="claim only jobs naming these presets (comma-separated) or none (env SVIBOT_SERVE_PRESETS); "
+                        "default: any")
+    db_flag(p)
     engine_flags(p)
 
     p = sub.add_parser("serve", help="run the Telegram and/or Discord bot (and the worker)")
@@ -73,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-worker", action="store_true", help="bots only; a worker runs elsewhere")
     p.add_argument("--snapshot-to", type=Path, help="periodically copy the queue DB here (e.g. Google Drive)")
     p.add_argument("--snapshot-every", type=float, default=300.0, metavar="SECONDS")
+    db_flag(p)
     engine_flags(p)
 
     p = sub.add_parser("download", help="fetch a preset's model files into the cache")
@@ -84,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id", nargs="?", type=int)
     p.add_argument("--json", action="store_true")
     p.add_argument("--limit", type=int, default=20)
+    db_flag(p)
+
+    p = sub.add_parser("workers", help="list the GPU workers and what each is doing")
+    p.add_argument("--json", action="store_true")
+    db_flag(p)
+
+    p = sub.add_parser("db", help="upgrade the queue database, or print a PostgreSQL worker role's grants")
+    p.add_argument("action", choices=["upgrade", "worker-role"])
+    p.add_argument("role", nargs="?", help="worker-role: the PostgreSQL role to grant a worker's rights")
+    db_flag(p)
     return parser
 
 
@@ -103,7 +125,7 @@ async def cmd_jobs(cfg: AppConfig, args: argparse.Namespace) -> int:
     if args.action in ("show", "cancel") and args.job_id is None:
         print(f"svibot jobs {args.action} needs a job id", file=sys.stderr)
         return EXIT_USAGE
-    async with await JobQueue.open(cfg.queue, cfg.data_dir.photos) as queue:
+    async with await JobQueue.open(cfg.queue, cfg.data_dir.photos, listen=False) as queue:
         if args.action == "cancel":
             job = await queue.cancel(args.job_id, is_admin=True)
             print(f"job #{job.id}: {'cancel requested' if job.state == 'running' else job.state}")
@@ -126,6 +148,46 @@ async def cmd_jobs(cfg: AppConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_workers(cfg: AppConfig, args: argparse.Namespace) -> int:
+    async with await JobQueue.open(cfg.queue, cfg.data_dir.photos, listen=False) as queue:
+        workers = await queue.workers()
+    if args.json:
+        print(json.dumps([w.to_dict() for w in workers]))
+        return EXIT_OK
+    if not workers:
+        print("no workers have registered")
+    now = time.time()
+    for w in workers:
+        vram = f"{w.vram_gib:g} GiB" if w.vram_gib else "-"
+        print(f"{w.host}:{w.pid:<7} {w.gpu or '?':<18} {vram:>9}  {w.preset or '-':<8} "
+              f"seen {max(0.0, now - w.seen_at):5.0f} s ago  {w.doing()}")
+    return EXIT_OK
+
+
+async def cmd_db(cfg: AppConfig, args: argparse.Namespace) -> int:
+    if args.action == "worker-role":
+        if not args.role:
+            print("svibot db worker-role needs a role name, e.g. `svibot db worker-role svibot_worker`",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        from storage.pg_roles import worker_grants
+        print("\n".join(f"{stmt};" for stmt in worker_grants(args.role)))
+        return EXIT_OK
+    before, after = await JobQueue.upgrade(cfg.queue, cfg.data_dir.photos)
+    where = describe_queue(cfg)
+    print(f"{where}: schema version {after} (was {before})" if before != after
+          else f"{where}: already at schema version {after}")
+    return EXIT_OK
+
+
+def describe_queue(cfg: AppConfig) -> str:
+    """Where the queue lives, safe to print (no password)."""
+    if cfg.queue.database_url:
+        from storage.dburl import redact
+        return f"PostgreSQL at {redact(cfg.queue.database_url)}"
+    return f"SQLite at {cfg.queue.db_path}"
+
+
 def _stop_on_signals(stop: asyncio.Event, interrupted: list[int]) -> None:
     loop = asyncio.get_running_loop()
 
@@ -143,6 +205,7 @@ async def cmd_worker(cfg: AppConfig, args: argparse.Namespace) -> int:
 
     stop, interrupted = asyncio.Event(), []
     _stop_on_signals(stop, interrupted)
+    log.info("worker on the queue at %s", describe_queue(cfg))
     async with await JobQueue.open(cfg.queue, cfg.data_dir.photos) as queue:
         ran = await Worker(queue, cfg.worker).run(stop, once=args.once)
     log.info("worker ran %d job(s)%s", ran, "; stopped by a signal" if interrupted else "")
@@ -157,6 +220,10 @@ async def cmd_serve(cfg: AppConfig, args: argparse.Namespace) -> int:
 
     if not (args.telegram or args.discord):
         print("svibot serve needs --telegram and/or --discord", file=sys.stderr)
+        return EXIT_USAGE
+    if args.snapshot_to and cfg.queue.database_url:
+        print("svibot serve: --snapshot-to copies the SQLite queue; with a PostgreSQL queue use the "
+              "database's own backups (pg_dump)", file=sys.stderr)
         return EXIT_USAGE
     env = os.environ
     platforms = []
@@ -180,6 +247,7 @@ async def cmd_serve(cfg: AppConfig, args: argparse.Namespace) -> int:
         if restore(args.snapshot_to, cfg.queue.db_path):
             log.info("restored the queue from %s", args.snapshot_to)
     worker = None
+    log.debug("serving the queue at %s", describe_queue(cfg))  # INFO stays quiet until the bots are up
     async with await JobQueue.open(cfg.queue, cfg.data_dir.photos) as queue:
         tasks = [asyncio.create_task(run(conf, bot_config, queue, cfg.data_dir, stop)) for run, conf in platforms]
         if not args.no_worker:
@@ -256,13 +324,17 @@ async def cmd_story(cfg: AppConfig, args: argparse.Namespace) -> int:
     return await run_story(cfg, args, stop, interrupted)
 
 
-COMMANDS = {"jobs": cmd_jobs, "worker": cmd_worker, "serve": cmd_serve,
-            "download": cmd_download, "story": cmd_story}
+COMMANDS = {"jobs": cmd_jobs, "worker": cmd_worker, "serve": cmd_serve, "download": cmd_download,
+            "story": cmd_story, "workers": cmd_workers, "db": cmd_db}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup(args.log_level, os.environ)
+    if getattr(args, "database_url", None):  # a URL given as a flag has a password to hide too
+        from storage.redact import add_secret, secrets_from_env
+        for secret in secrets_from_env({"SVIBOT_DATABASE_URL": args.database_url}):
+            add_secret(secret)
     try:
         cfg = build_config(args, os.environ)
         return asyncio.run(COMMANDS[args.command](cfg, args))

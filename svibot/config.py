@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage import DataDir, Limits, QueueConfig
+from storage.dburl import parse_database_url
 from storage.errors import BadSetting
 
 from engine.config import RECIPE_KEYS, RECIPES, Recipe
 from engine.models.config import EngineConfig, default_preset
+from engine.models.presets import get_preset
 from engine.worker import WorkerConfig
 
 RECIPE_ALIASES = {"steps": ("num_inference_steps",), "guidance": ("guidance_high", "guidance_low")}
@@ -84,11 +86,23 @@ def build_recipes(flags: list[str], env: Mapping[str, str]) -> dict[str, Recipe]
     return recipes
 
 
+def _presets(raw: str | None) -> tuple[str, ...] | None:
+    """`--serve-presets q4_k_m,tiny`: the presets a worker claims jobs for; unset: any."""
+    if not raw:
+        return None
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    return tuple(get_preset(n).name for n in names)  # an unknown name raises BadSetting naming it
+
+
 def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> AppConfig:
     """Flags win over environment variables, which win over defaults."""
     data_dir = DataDir(Path(getattr(args, "data_dir", None) or env.get("SVIBOT_DATA_DIR") or "svibot-data"))
+    database_url = getattr(args, "database_url", None) or env.get("SVIBOT_DATABASE_URL") or None
+    if database_url:
+        parse_database_url(database_url)  # a malformed URL stops here, named without its password
     queue = QueueConfig(
         db_path=data_dir.db_path,
+        database_url=database_url,
         lease_seconds=_number(env, "SVIBOT_LEASE_SECONDS", float, QueueConfig.lease_seconds),
         max_attempts=_number(env, "SVIBOT_MAX_ATTEMPTS", int, QueueConfig.max_attempts),
     )
@@ -116,5 +130,6 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> AppConfig:
         progress_interval_s=_number(env, "SVIBOT_PROGRESS_INTERVAL", float, WorkerConfig.progress_interval_s),
         heartbeat_s=max(1.0, queue.lease_seconds / 4),
         recipes=build_recipes(getattr(args, "recipe", None) or [], env),
+        presets=_presets(getattr(args, "serve_presets", None) or env.get("SVIBOT_SERVE_PRESETS")),
     )
     return AppConfig(data_dir=data_dir, queue=queue, limits=limits, engine=engine, worker=worker)

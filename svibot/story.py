@@ -58,6 +58,7 @@ async def run_story(cfg: AppConfig, args: argparse.Namespace, stop: asyncio.Even
         await worker_task
         final = await queue.get_job(job.id)
         segments = await queue.segments(job.id)
+        final_file = await queue.local_file(final.final_path) if final.state == "done" else None
 
     if interrupted and final.state not in TERMINAL:
         print(f"svibot: interrupted; job #{job.id} stays queued with {len(segments)} segment(s) done. "
@@ -65,7 +66,7 @@ async def run_story(cfg: AppConfig, args: argparse.Namespace, stop: asyncio.Even
         return 130
     if final.state == "done" and args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(final.final_path, args.out)
+        shutil.copyfile(final_file, args.out)
     if final.state == "done":
         print(f"story: {args.out or final.final_path}")
     else:

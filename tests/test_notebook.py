@@ -113,6 +113,13 @@ def test_notebook_sets_memory_env_and_never_runs_two_servers():
     assert "server_pid()" in story
 
 
+def test_worker_only_mode_keeps_the_database_url_off_the_command_line():
+    cell = next(s for s in code_cells(read_notebook()) if '"worker"' in s)
+    assert 'os.environ["SVIBOT_DATABASE_URL"] = secret("SVIBOT_DATABASE_URL")' in cell
+    assert "--database-url" not in cell  # a command line is visible to every process on the runtime
+    assert cell.index("stop_server()") < cell.index("subprocess.Popen") and "start_new_session=True" in cell
+
+
 def test_notebook_states_colab_limits_and_responsible_use():
     text = "\n".join(c.source for c in read_notebook().cells if c.cell_type == "markdown").lower()
     for phrase in ("disconnects when it sits idle", "usage", "snapshot", "right to use",
@@ -232,5 +239,6 @@ def test_runs_headless_on_cpu_with_the_tiny_preset(tmp_path, monkeypatch):
     assert "GPU: none" in everything and "WARNING: no GPU" in everything
     assert "-> tiny" in everything  # the size table marks the chosen preset
     assert "Bot mode is off" in everything and "bot stopped" in everything
+    assert "Worker-only mode is off." in everything
     photo_cell = next(c for c in nb.cells if c.cell_type == "code" and "chelsea.jpg" in c.source)
     assert any("image/jpeg" in out.get("data", {}) for out in photo_cell.outputs)

@@ -112,7 +112,7 @@ async def test_queued_reply_says_when_no_gpu_worker_is_online(queue):
     assert [j.state for j in await queue.list_jobs()] == ["queued", "queued"]
 
 
-async def test_full_disk_refuses_the_story_clearly_and_queues_nothing(queue, monkeypatch):
+async def test_full_disk_refuses_the_story_clearly_and_queues_nothing(queue, data_dir, monkeypatch):
     import errno
 
     import storage.files
@@ -127,7 +127,7 @@ async def test_full_disk_refuses_the_story_clearly_and_queues_nothing(queue, mon
         await intake.start_story(queue, BotConfig(), request)
     monkeypatch.undo()
     assert await queue.list_jobs() == []
-    assert not any(p.is_file() for p in queue._photos_dir.rglob("*"))  # no half-written photo
+    assert not any(p.is_file() for p in data_dir.photos.rglob("*"))  # no half-written photo
 
 
 # -- texts ----------------------------------------------------------------------------------------

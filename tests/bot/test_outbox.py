@@ -1,4 +1,5 @@
-"""The platform-neutral outbox against a recording deliverer and the real SQLite queue."""
+"""The platform-neutral outbox against a recording deliverer and the real queue, on both backends
+(SQLite, and PostgreSQL where the videos come out of the database)."""
 from __future__ import annotations
 
 import asyncio
@@ -7,10 +8,22 @@ from pathlib import Path
 import pytest
 
 from bot.outbox import STATUS_REPLY_META, Outbox, OutboxConfig, RetryLater, Undeliverable
-from storage import Limits, NewJob
+from storage import JobQueue, Limits, NewJob, QueueConfig
 from storage.models import Job
 
 from .conftest import png_bytes
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request) -> str | None:
+    return request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+
+
+@pytest.fixture
+async def queue(data_dir, database_url):
+    q = await JobQueue.open(QueueConfig(db_path=data_dir.db_path, database_url=database_url), data_dir.photos)
+    yield q
+    await q.close()
 
 
 class RecordingDeliverer:

@@ -5,6 +5,7 @@ import asyncio
 import logging
 
 from bot.config import BotConfig
+from storage import WorkerId, WorkerInfo
 
 from .conftest import png_bytes
 
@@ -112,9 +113,11 @@ async def test_admin_may_cancel_any_job_and_see_the_queue(fake_telegram, start_b
     await _reply_to(fake, CHAT, 0)
     fake.user_message(CHAT, USER, text="/queue")
     assert await _reply_to(fake, CHAT, 1) == "Only the bot's admins may do that."
+    await queue.register_worker(WorkerId("gpu-box:7:ab", "gpu-box", 7), WorkerInfo("q4_k_m", "Tesla T4", 14.5, 12.0))
     fake.user_message(OTHER, OTHER, text="/queue")
     overview = await _reply_to(fake, OTHER, 0)
     assert "#1 queued, position 1" in overview and "telegram:1001" in overview
+    assert "GPU workers online: 1.\n  gpu-box (Tesla T4, 14.5 GiB, q4_k_m): idle" in overview
     fake.user_message(OTHER, OTHER, text="/cancel 1")
     assert await _reply_to(fake, OTHER, 1) == "Cancelled job #1."
 

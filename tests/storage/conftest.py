@@ -1,5 +1,5 @@
-"""Queue fixtures. Every queue test takes `make_queue`, so a second backend can run the same suite
-by adding one more parameter here."""
+"""Queue fixtures. Every queue test takes `make_queue`, parametrized by `backend`: the same suite
+runs on SQLite and on a real PostgreSQL server (tests/conftest.py starts it)."""
 from __future__ import annotations
 
 import io
@@ -34,7 +34,7 @@ def new_job(prompts: list[str] | None = None, user: str = "u1", platform: str = 
                   prompts=["walk", "run", "fly"] if prompts is None else prompts, settings={"seed": 7})
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def backend(request) -> str:
     return request.param
 
@@ -50,21 +50,55 @@ def data_dir(tmp_path: Path) -> DataDir:
 
 
 @pytest.fixture
-async def make_queue(backend, data_dir, clock):
+def database_url(backend, request) -> str | None:
+    """None for SQLite (the data dir's file); a fresh PostgreSQL database's URL otherwise."""
+    return request.getfixturevalue("pg_url") if backend == "postgresql" else None
+
+
+@pytest.fixture
+def queue_config(database_url, data_dir):
+    """QueueConfig factory for this test's backend (keyword overrides go to QueueConfig)."""
+    def _config(**overrides) -> QueueConfig:
+        return QueueConfig(db_path=data_dir.db_path, database_url=database_url,
+                           **{"lease_seconds": 10.0, "max_attempts": 3, **overrides})
+    return _config
+
+
+async def _opener(config_for, photos: Path, clock):
     opened: list[JobQueue] = []
 
     async def _make(**overrides) -> JobQueue:
-        cfg = QueueConfig(db_path=data_dir.db_path, **{"lease_seconds": 10.0, "max_attempts": 3, **overrides})
-        q = await JobQueue.open(cfg, data_dir.photos, clock=clock)
+        q = await JobQueue.open(config_for(**overrides), photos, clock=clock)
         opened.append(q)
         return q
 
-    yield _make
+    return _make, opened
+
+
+async def _close_all(opened: list[JobQueue]) -> None:
     for q in opened:
         try:
             await q.close()
         except ValueError:  # already closed by the test
             pass
+
+
+@pytest.fixture
+async def make_queue(queue_config, data_dir, clock):
+    """Opens queues on this test's backend (both backends run every test that takes it)."""
+    make, opened = await _opener(queue_config, data_dir.photos, clock)
+    yield make
+    await _close_all(opened)
+
+
+@pytest.fixture
+async def make_sqlite_queue(data_dir, clock):
+    """Opens queues on the data dir's SQLite file, for tests of SQLite-only features (snapshots, pragmas)."""
+    def _config(**overrides) -> QueueConfig:
+        return QueueConfig(db_path=data_dir.db_path, **{"lease_seconds": 10.0, "max_attempts": 3, **overrides})
+    make, opened = await _opener(_config, data_dir.photos, clock)
+    yield make
+    await _close_all(opened)
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ async def open_queue(data: DataDir) -> JobQueue:
     return await JobQueue.open(QueueConfig(db_path=data.db_path), data.photos)
 
 
-async def test_snapshot_during_writes_is_consistent_and_reopens(make_queue, data_dir, limits, tmp_path):
-    q = await make_queue()
+async def test_snapshot_during_writes_is_consistent_and_reopens(make_sqlite_queue, data_dir, limits, tmp_path):
+    q = await make_sqlite_queue()
     dest = tmp_path / "drive" / "queue.sqlite3"
     await q.enqueue(new_job(), limits)
 
@@ -56,8 +56,8 @@ async def test_snapshot_during_writes_is_consistent_and_reopens(make_queue, data
         assert (await restored.stats()).queued == 26
 
 
-async def test_snapshot_does_not_wait_for_or_include_an_open_write(make_queue, data_dir, limits, tmp_path):
-    q = await make_queue()
+async def test_snapshot_does_not_wait_for_or_include_an_open_write(make_sqlite_queue, data_dir, limits, tmp_path):
+    q = await make_sqlite_queue()
     await q.enqueue(new_job(), limits)
     dest = tmp_path / "drive" / "queue.sqlite3"
     with closing(sqlite3.connect(data_dir.db_path, isolation_level=None)) as writer:
@@ -69,8 +69,8 @@ async def test_snapshot_does_not_wait_for_or_include_an_open_write(make_queue, d
         assert conn.execute("SELECT state FROM jobs").fetchall() == [("queued",)]
 
 
-async def test_snapshot_header_is_rollback_journal_and_leaves_no_temp_files(make_queue, data_dir, limits, tmp_path):
-    q = await make_queue()
+async def test_snapshot_header_is_rollback_journal_and_leaves_no_temp_files(make_sqlite_queue, data_dir, limits, tmp_path):
+    q = await make_sqlite_queue()
     await q.enqueue(new_job(), limits)
     dest = tmp_path / "drive" / "queue.sqlite3"
     assert snapshot(data_dir.db_path, dest) == dest
@@ -81,8 +81,8 @@ async def test_snapshot_header_is_rollback_journal_and_leaves_no_temp_files(make
     assert not [p for p in data_dir.root.iterdir() if p.name.endswith(".snap")]
 
 
-async def test_snapshot_refuses_to_replace_a_snapshot_with_an_empty_queue(make_queue, data_dir, limits, tmp_path):
-    q = await make_queue()
+async def test_snapshot_refuses_to_replace_a_snapshot_with_an_empty_queue(make_sqlite_queue, data_dir, limits, tmp_path):
+    q = await make_sqlite_queue()
     await q.enqueue(new_job(), limits)
     dest = tmp_path / "queue.sqlite3"
     snapshot(data_dir.db_path, dest)
@@ -93,8 +93,8 @@ async def test_snapshot_refuses_to_replace_a_snapshot_with_an_empty_queue(make_q
     assert check_snapshot(dest) == 1
 
 
-async def test_restore_into_missing_or_empty_queue_only(make_queue, data_dir, limits, tmp_path):
-    q = await make_queue()
+async def test_restore_into_missing_or_empty_queue_only(make_sqlite_queue, data_dir, limits, tmp_path):
+    q = await make_sqlite_queue()
     job = await q.enqueue(new_job(prompts=["walk", "run"]), limits)
     dest = tmp_path / "queue.sqlite3"
     snapshot(data_dir.db_path, dest)
@@ -152,8 +152,8 @@ def test_restore_never_touches_an_unreadable_local_file(tmp_path):
     assert local.read_bytes() == b"something else entirely" * 10
 
 
-async def test_snapshot_loop_skips_idle_intervals_and_writes_a_last_one_on_stop(make_queue, data_dir, limits, tmp_path):
-    q = await make_queue()
+async def test_snapshot_loop_skips_idle_intervals_and_writes_a_last_one_on_stop(make_sqlite_queue, data_dir, limits, tmp_path):
+    q = await make_sqlite_queue()
     await q.enqueue(new_job(), limits)
     dest = tmp_path / "drive" / "queue.sqlite3"
     stop = asyncio.Event()
@@ -172,8 +172,8 @@ async def test_snapshot_loop_skips_idle_intervals_and_writes_a_last_one_on_stop(
     assert check_snapshot(dest) == 2
 
 
-async def test_snapshot_loop_survives_a_broken_mount(make_queue, data_dir, limits, tmp_path, caplog):
-    q = await make_queue()
+async def test_snapshot_loop_survives_a_broken_mount(make_sqlite_queue, data_dir, limits, tmp_path, caplog):
+    q = await make_sqlite_queue()
     await q.enqueue(new_job(), limits)
     blocker = tmp_path / "drive"
     blocker.write_text("a file where the folder should be")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import JobQueue, LeaseLost, NotAllowed, QueueConfig, WorkerId
+from storage import JobQueue, LeaseLost, NewJob, NotAllowed, QueueConfig, WorkerId, WorkerInfo
 from tests.storage.conftest import new_job, png_bytes
 
 
@@ -34,9 +34,9 @@ async def test_claim_on_empty_queue_returns_none(make_queue):
     assert await q.claim(_worker(0)) is None
 
 
-def _claim_all(db_path: str, photos: str, index: int, out: str) -> None:
+def _claim_all(config: QueueConfig, photos: str, index: int, out: str) -> None:
     async def run() -> list[int]:
-        q = await JobQueue.open(QueueConfig(db_path=Path(db_path), lease_seconds=600), Path(photos))
+        q = await JobQueue.open(config, Path(photos))
         got = []
         while (job := await q.claim(_worker(index))) is not None:
             got.append(job.id)
@@ -46,13 +46,14 @@ def _claim_all(db_path: str, photos: str, index: int, out: str) -> None:
     Path(out).write_text(json.dumps(asyncio.run(run())))
 
 
-async def test_four_processes_claim_each_job_exactly_once(make_queue, data_dir, limits, tmp_path):
+async def test_four_processes_claim_each_job_exactly_once(make_queue, queue_config, data_dir, limits, tmp_path):
     q = await make_queue()
     photo = png_bytes()
     ids = [(await q.enqueue(new_job([f"p{i}"], photo=photo), limits)).id for i in range(200)]
     ctx = mp.get_context("spawn")
     outs = [tmp_path / f"claimed{i}.json" for i in range(4)]
-    procs = [ctx.Process(target=_claim_all, args=(str(data_dir.db_path), str(data_dir.photos), i, str(outs[i])))
+    procs = [ctx.Process(target=_claim_all, args=(queue_config(lease_seconds=600), str(data_dir.photos), i,
+                                                  str(outs[i])))
              for i in range(4)]
     for p in procs:
         p.start()
@@ -147,15 +148,19 @@ async def test_state_survives_reopen(make_queue, limits, tmp_path):
     job = await q.enqueue(new_job(["one", "two"]), limits)
     w = _worker(0)
     await q.claim(w)
-    video = tmp_path / "s0.mp4"
-    await q.record_segment(job.id, w, index=0, prompt="one", video_path=video, carry_path=None,
+    video, carry = tmp_path / "s0.mp4", tmp_path / "c0.pt"
+    video.write_bytes(b"video-bytes" * 1000)
+    carry.write_bytes(bytes(range(256)) * 9000)  # > 2 MiB: spans several stored chunks
+    await q.record_segment(job.id, w, index=0, prompt="one", video_path=video, carry_path=carry,
                            num_frames=81, duration_s=5.06, gen_seconds=12.0)
     await q.close()
     q2 = await make_queue()
     again = await q2.get_job(job.id)
     assert again.state == "running" and again.prompts == ["one", "two"]
     segs = await q2.segments(job.id)
-    assert [(s.index, s.video_path, s.num_frames) for s in segs] == [(0, str(video), 81)]
+    assert [(s.index, s.num_frames) for s in segs] == [(0, 81)]
+    assert (await q2.local_file(segs[0].video_path)).read_bytes() == video.read_bytes()
+    assert (await q2.local_file(segs[0].carry_path)).read_bytes() == carry.read_bytes()
     stats = await q2.stats()
     assert stats.running == 1 and stats.seconds_per_segment == pytest.approx(12.0)
     assert await q2.segments_ahead(job.id) == 1
@@ -167,8 +172,10 @@ async def test_outbox_delivers_each_event_once_across_restart(make_queue, limits
     w = _worker(0)
     await q.claim(w)
     for i in range(2):
+        (tmp_path / f"{i}.mp4").write_bytes(b"segment %d" % i)
         await q.record_segment(job.id, w, index=i, prompt=["one", "two"][i], video_path=tmp_path / f"{i}.mp4",
                                carry_path=None, num_frames=9, duration_s=0.5, gen_seconds=1.0)
+    (tmp_path / "story.mp4").write_bytes(b"the whole story")
     await q.complete(job.id, w, tmp_path / "story.mp4", {"num_segments": 2})
     assert await q.pending_events("discord") == []
     pending = await q.pending_events("telegram")
@@ -211,3 +218,51 @@ async def test_worker_liveness(make_queue, clock):
     await q.worker_seen(w, "tiny")
     await q.worker_gone(w)
     assert (await q.stats()).workers_online == 0
+
+
+async def test_claim_serves_only_presets_the_worker_can_run(make_queue, limits):
+    q = await make_queue()
+    big = await q.enqueue(NewJob(**{**new_job().__dict__, "settings": {"preset": "q8_0"}}), limits)
+    small = await q.enqueue(NewJob(**{**new_job().__dict__, "settings": {"preset": "q4_k_m"}}), limits)
+    default = await q.enqueue(new_job(), limits)  # no preset: whatever the claiming worker runs
+    t4 = _worker(0)
+    assert (await q.claim(t4, presets={"q4_k_m", "tiny"})).id == small.id
+    assert (await q.claim(t4, presets={"q4_k_m", "tiny"})).id == default.id
+    assert await q.claim(t4, presets={"q4_k_m", "tiny"}) is None  # q8_0 does not fit this one
+    assert await q.claim(t4, presets=set()) is None
+    assert (await q.claim(_worker(1))).id == big.id  # no filter: serves anything
+
+
+async def test_workers_listing_shows_what_each_is_doing(make_queue, clock, limits, tmp_path):
+    q = await make_queue()
+    a, b = _worker(0), _worker(1)
+    await q.register_worker(a, WorkerInfo(preset="q4_k_m", gpu="Tesla T4", vram_gib=14.5, ram_gib=12.0))
+    clock.advance(1)
+    await q.register_worker(b, WorkerInfo(preset="tiny", gpu="cpu"))
+    job = await q.enqueue(new_job(["one", "two", "three"]), limits)
+    await q.claim(a)
+    (tmp_path / "0.mp4").write_bytes(b"x")
+    await q.record_segment(job.id, a, index=0, prompt="one", video_path=tmp_path / "0.mp4", carry_path=None,
+                           num_frames=9, duration_s=0.5, gen_seconds=1.0)
+    listed = await q.workers()
+    assert [(w.worker_id, w.gpu, w.vram_gib, w.job_id, w.segments_done, w.num_segments) for w in listed] == [
+        (a.owner, "Tesla T4", 14.5, job.id, 1, 3), (b.owner, "cpu", None, None, None, None)]
+    assert [w.doing() for w in listed] == [f"job #{job.id}, segment 2 of 3", "idle"]
+    clock.advance(q.config.worker_online_seconds + 1)
+    await q.worker_seen(b)  # b heartbeats, a went quiet
+    assert [(w.online, w.preset) for w in await q.workers()] == [(False, "q4_k_m"), (True, "tiny")]
+
+
+async def test_watchers_wake_on_new_work_and_news(make_queue, limits):
+    q = await make_queue()
+    work, news = q.watch("jobs"), q.watch("events")
+    assert await work.wait(0.05) is False  # nothing yet: the poll timeout runs out
+    await q.enqueue(new_job(), limits)
+    assert await work.wait(5) is True  # kept until someone waits: no lost wake-up
+    assert await work.wait(0.05) is False
+    await q.enqueue(new_job(), limits)
+    assert await news.wait(0.05) is False  # queueing alone sends no message
+    await q.claim(_worker(0))  # the job behind it moves up: news for the bots
+    assert await news.wait(5) is True
+    with pytest.raises(ValueError, match="topic"):
+        q.watch("jbos")

@@ -1,6 +1,7 @@
 """Bad input is refused with a specific error naming the value and the limit, and nothing is queued."""
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 import zlib
@@ -8,7 +9,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from storage import CorruptDatabase, JobQueue, Limits, QueueConfig, parse_prompts
+from storage import CorruptDatabase, JobQueue, Limits, QueueConfig, WorkerId, parse_prompts
 from storage.errors import (
     EmptyPrompt,
     NotAnImage,
@@ -74,12 +75,13 @@ def _truncated_jpeg() -> bytes:
     ],
     ids=["pdf", "empty", "truncated", "small", "huge-pixels", "huge-bytes"],
 )
-async def test_bad_photos_are_refused_and_nothing_is_queued(make_queue, limits, photo, error, message):
+async def test_bad_photos_are_refused_and_nothing_is_queued(make_queue, data_dir, limits, photo, error, message):
     q = await make_queue()
     with pytest.raises(error, match=message):
         await q.enqueue(new_job(photo=photo), limits)
     assert await q.list_jobs() == []
-    assert not any(q._photos_dir.rglob("*")) if q._photos_dir.exists() else True
+    kept = [p for p in data_dir.root.rglob("*") if p.is_file() and not p.name.startswith("queue.sqlite3")]
+    assert kept == []
 
 
 @pytest.mark.parametrize("prompts", [["walk", ""], [], [f"p{i}" for i in range(11)]])
@@ -100,11 +102,19 @@ async def test_text_is_stored_verbatim(make_queue, limits):
     assert len(await q2.list_jobs()) == 1
 
 
-async def test_same_photo_is_stored_once(make_queue, limits):
-    q = await make_queue()
+async def test_same_photo_is_stored_once(make_sqlite_queue, limits):
+    q = await make_sqlite_queue()
     a = await q.enqueue(new_job(), limits)
     b = await q.enqueue(new_job(), limits)
     assert a.photo_path == b.photo_path and a.photo_sha256 == b.photo_sha256
+
+
+async def test_photo_reads_back_byte_for_byte(make_queue, limits):
+    photo = png_bytes((80, 72), "teal")
+    q = await make_queue()
+    job = await q.enqueue(new_job(photo=photo), limits)
+    assert job.photo_sha256 == hashlib.sha256(photo).hexdigest()
+    assert (await q.local_file(job.photo_path)).read_bytes() == photo
 
 
 async def test_not_sqlite_file_is_refused_and_left_alone(data_dir, clock):
@@ -132,16 +142,14 @@ async def test_other_programs_database_is_refused(data_dir, clock):
         await JobQueue.open(QueueConfig(db_path=data_dir.db_path), data_dir.photos, clock=clock)
 
 
-async def test_schema_version_and_newer_database_refused(make_queue, data_dir, clock):
+async def test_schema_version_and_newer_database_refused(make_sqlite_queue, data_dir, clock):
     import sqlite3
     from storage.schema import SCHEMA_VERSION
-    q = await make_queue()
-    cur = await q._db.execute("PRAGMA user_version")
-    assert (await cur.fetchone())[0] == SCHEMA_VERSION
-    cur = await q._db.execute("PRAGMA journal_mode")
-    assert (await cur.fetchone())[0] == "wal"
+    q = await make_sqlite_queue()
+    assert await q.schema_version() == SCHEMA_VERSION
     await q.close()
     with sqlite3.connect(data_dir.db_path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(CorruptDatabase, match="newer than this svibot"):
         await JobQueue.open(QueueConfig(db_path=data_dir.db_path), data_dir.photos, clock=clock)
@@ -191,3 +199,25 @@ def test_formats_whose_decoders_run_other_programs_are_refused():
     with pytest.raises(NotAnImage, match="not an image I can read"):
         from storage.validate import check_photo
         check_photo(eps, Limits())
+
+
+async def test_a_first_release_file_is_upgraded_in_place(data_dir, clock):
+    import sqlite3
+    from storage.schema import MIGRATIONS, SCHEMA_VERSION
+    data_dir.root.mkdir(parents=True)
+    with sqlite3.connect(data_dir.db_path) as db:
+        for stmt in MIGRATIONS[0]:
+            db.execute(stmt)
+        db.execute("PRAGMA user_version = 1")
+        db.execute("""INSERT INTO jobs (platform, chat_id, user_id, photo_path, photo_sha256, prompts, settings,
+                                        created_at, updated_at)
+                      VALUES ('cli', 'c', 'u', 'p.png', 'ab', '["walk"]', '{"preset": "q8_0"}', 1, 1)""")
+    config = QueueConfig(db_path=data_dir.db_path)
+    assert await JobQueue.upgrade(config, data_dir.photos) == (1, SCHEMA_VERSION)
+    q = await JobQueue.open(config, data_dir.photos, clock=clock)
+    try:
+        w = WorkerId(owner="h:1:x", host="h", pid=1)
+        assert await q.claim(w, presets={"q4_k_m"}) is None  # the preset column was filled in
+        assert (await q.claim(w, presets={"q8_0"})).prompts == ["walk"]
+    finally:
+        await q.close()

@@ -1,0 +1,129 @@
+"""SQLite behind the `Database` interface: one aiosqlite connection per process, WAL mode, and
+BEGIN IMMEDIATE transactions so writers on one host take turns. Files stay on the local disk."""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from .db import BlobStore, Database, Session, Signals
+from .errors import CorruptDatabase
+from .files import store_photo
+from .schema import PRAGMAS, check_is_sqlite, migrate
+
+
+class FileBlobs(BlobStore):
+    """Single machine: a job's files already sit in the data dir, so a reference is just their path."""
+
+    def __init__(self, photos_dir: Path) -> None:
+        self._photos_dir = Path(photos_dir)
+
+    async def put_photo(self, s: Session, job_id: int, data: bytes, suffix: str) -> tuple[str, str]:
+        path, digest = await asyncio.to_thread(store_photo, self._photos_dir, data, suffix)
+        return str(path), digest
+
+    async def put_file(self, s: Session, job_id: int, path: Path) -> str:
+        return str(path)
+
+    async def local(self, ref: str, *, job_id: int | None = None) -> Path:
+        return Path(ref)
+
+
+class _SqliteSession:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self.topics: list[str] = []
+
+    async def fetchone(self, sql: str, *args: Any) -> Any | None:
+        cur = await self._db.execute(sql, args)
+        return await cur.fetchone()
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Any]:
+        cur = await self._db.execute(sql, args)
+        return list(await cur.fetchall())
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        cur = await self._db.execute(sql, args)
+        return cur.rowcount
+
+    def notify(self, topic: str) -> None:
+        # Other processes on this host poll; watchers in this process are woken after COMMIT.
+        self.topics.append(topic)
+
+
+class SqliteDatabase(Database):
+    kind = "sqlite"
+    for_update = ""  # BEGIN IMMEDIATE already holds the write lock for the whole transaction
+    skip_locked = ""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path, photos_dir: Path) -> None:
+        self._db = db
+        self.path = path
+        self.blobs = FileBlobs(photos_dir)
+        self.signals = Signals()
+        self._write_lock = asyncio.Lock()  # one connection: writers of this process take turns
+
+    @classmethod
+    async def open(cls, path: Path, photos_dir: Path) -> "SqliteDatabase":
+        path = Path(path)
+        check_is_sqlite(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None, timeout=30.0)
+        db.row_factory = sqlite3.Row
+        try:
+            await db.execute("PRAGMA busy_timeout=30000")
+            for pragma in PRAGMAS:
+                await db.execute(pragma)
+            before = await migrate(db, path)
+        except sqlite3.DatabaseError as err:
+            await db.close()
+            raise CorruptDatabase(
+                f"{path} is not a usable svibot queue database ({err}). It was left untouched; "
+                "move it away or point SVIBOT_DATA_DIR elsewhere."
+            ) from err
+        except BaseException:
+            await db.close()
+            raise
+        opened = cls(db, path, photos_dir)
+        opened.migrated_from = before
+        return opened
+
+    def json_len(self, column: str) -> str:
+        return f"json_array_length({column})"
+
+    async def fetchone(self, sql: str, *args: Any) -> Any | None:
+        cur = await self._db.execute(sql, args)
+        return await cur.fetchone()
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Any]:
+        cur = await self._db.execute(sql, args)
+        return list(await cur.fetchall())
+
+    @asynccontextmanager
+    async def tx(self) -> AsyncIterator[Session]:
+        """The one write path: BEGIN IMMEDIATE, commit, or roll back on any error."""
+        async with self._write_lock:
+            session = _SqliteSession(self._db)
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield session
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+        self.signals.wake(session.topics)
+
+    async def serialize(self, s: Session, key: str) -> None:
+        pass  # BEGIN IMMEDIATE already runs every write transaction alone
+
+    async def schema_version(self) -> int:
+        row = await self.fetchone("PRAGMA user_version")
+        return int(row[0])
+
+    async def close(self) -> None:
+        await self._db.close()
