@@ -27,6 +27,9 @@ RESPONSIBLE_USE = (
     "and no impersonation of real people. The operator decides who may use the bot."
 )
 
+# Neutral on purpose: it neither repeats the word nor says which rule matched.
+STORY_REFUSED = "This story can't be made here. Please change its wording and try again."
+
 
 def utf16_len(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
