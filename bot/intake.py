@@ -213,6 +213,12 @@ async def queue_overview(queue: JobQueue, config: BotConfig, *, user_id: str, li
     return texts.queue_text(lines, stats.workers_online, [texts.worker_line(w) for w in await queue.workers()])
 
 
+async def usage_stats(queue: JobQueue, config: BotConfig, *, user_id: str, days: int = 7) -> str:
+    """/stats: usage of the last `days` days, for admins only (raises AdminsOnly otherwise)."""
+    access.check_admin(config, user_id)
+    return texts.stats_text(await queue.usage_report(days=days))
+
+
 async def help_text(queue: JobQueue, config: BotConfig, *, command_prefix: str = "/",
                     how_to: list[str] | None = None) -> str:
     stats = await queue.stats()
