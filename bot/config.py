@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, replace
 
 from storage.config import Limits
 
+from .moderation import BlockedWords
+
 CLOUD_API_BASE_URL = "https://api.telegram.org"
 CLOUD_UPLOAD_LIMIT_MB = 50  # the cloud Bot API refuses bigger uploads
 SELF_HOSTED_UPLOAD_LIMIT_MB = 2000  # a local Bot API server accepts up to 2 GB
@@ -49,6 +51,7 @@ class BotConfig:
     limits: Limits = field(default_factory=Limits)
     poll_interval_s: float = 1.0  # how often the outbox looks for new events
     shutdown_grace_s: float = 10.0  # on stop, how long a delivery in flight may still take
+    blocked_words: BlockedWords = field(default_factory=BlockedWords)  # stories naming one are refused
 
     def __post_init__(self) -> None:
         if self.max_active_jobs < 1:
@@ -71,6 +74,7 @@ class BotConfig:
             max_active_jobs=_int(env, "SVIBOT_MAX_ACTIVE_JOBS", 1, minimum=1),
             stories_per_day=_int(env, "SVIBOT_STORIES_PER_DAY", 20, minimum=1),
             limits=replace(Limits(), max_segments=max_segments, max_prompt_chars=max_prompt_chars),
+            blocked_words=BlockedWords.parse(env.get("SVIBOT_BLOCKED_WORDS")),
         )
 
 

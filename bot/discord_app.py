@@ -168,6 +168,16 @@ async def queue_(interaction: discord.Interaction[SviClient]) -> None:
     await _reply(interaction, text)
 
 
+async def stats(interaction: discord.Interaction[SviClient]) -> None:
+    """Usage of the last 7 days (admins only)."""
+    client = interaction.client
+    try:
+        text = await intake.usage_stats(client.queue, client.bot_config, user_id=str(interaction.user.id))
+    except AccessDenied as err:
+        text = str(err)
+    await _reply(interaction, text)
+
+
 async def help_(interaction: discord.Interaction[SviClient]) -> None:
     """How to use the bot, its limits and the rules."""
     client = interaction.client
@@ -214,6 +224,7 @@ def build_tree(client: SviClient) -> app_commands.CommandTree:
     tree.add_command(app_commands.command(name="status")(status))
     tree.add_command(app_commands.command(name="cancel")(cancel))
     tree.add_command(app_commands.command(name="queue")(queue_))
+    tree.add_command(app_commands.command(name="stats")(stats))
     tree.add_command(app_commands.command(name="help")(help_))
     tree.add_command(app_commands.ContextMenu(name=CONTEXT_MENU_NAME, callback=story_from_message))
     tree.on_error = on_tree_error

@@ -35,6 +35,12 @@ class UnknownJob(InputError):
     code = "unknown_job"
 
 
+class StoryRefused(InputError):
+    """The story names one of the operator's blocked words; the reply stays neutral."""
+
+    code = "refused"
+
+
 def new_seed() -> int:
     return random.randint(0, MAX_SEED)
 
@@ -72,10 +78,16 @@ async def preflight(queue: JobQueue, config: BotConfig, *, platform: str, user_i
                     text: str | None, chat_ids: Sequence[str] = ()) -> list[str]:
     """Everything that can be checked before the photo is downloaded; returns the prompts.
 
-    Raises AccessDenied (allowlist, active-job or daily limit) or InputError (bad prompts).
+    Raises AccessDenied (allowlist, active-job or daily limit) or InputError (bad prompts, or
+    StoryRefused for a blocked word, which is recorded for the admins' /stats).
     """
     access.check_allowed(config, user_id, [chat_id, *chat_ids])
     prompts = parse_prompts(text, config.limits)
+    blocked = config.blocked_words.find(" | ".join(prompts))
+    if blocked is not None:
+        await queue.record_refusal(platform, chat_id, user_id, "blocked_word", blocked)
+        log.info("refused a story of %s:%s: a blocked word", platform, user_id)
+        raise StoryRefused(texts.STORY_REFUSED)
     await access.check_limits(config, queue, platform, user_id)
     return prompts
 
@@ -199,6 +211,12 @@ async def queue_overview(queue: JobQueue, config: BotConfig, *, user_id: str, li
              for job, line in zip(jobs, await _job_lines(queue, jobs))]
     stats = await queue.stats()
     return texts.queue_text(lines, stats.workers_online, [texts.worker_line(w) for w in await queue.workers()])
+
+
+async def usage_stats(queue: JobQueue, config: BotConfig, *, user_id: str, days: int = 7) -> str:
+    """/stats: usage of the last `days` days, for admins only (raises AdminsOnly otherwise)."""
+    access.check_admin(config, user_id)
+    return texts.stats_text(await queue.usage_report(days=days))
 
 
 async def help_text(queue: JobQueue, config: BotConfig, *, command_prefix: str = "/",

@@ -41,6 +41,7 @@ COMMANDS = [
     BotCommand("cancel", "cancel your job: /cancel [job]"),
     BotCommand("help", "how to use the bot, limits and queue length"),
     BotCommand("queue", "the whole queue (admins)"),
+    BotCommand("stats", "usage of the last 7 days (admins)"),
 ]
 UPLOAD_TIMEOUT_S = 600.0  # a 50 MB upload on a slow Colab uplink takes minutes
 TOKEN_REJECTED = "the Telegram token was rejected; check TELEGRAM_BOT_TOKEN"
@@ -132,6 +133,7 @@ def build_application(config: TelegramConfig, bot_config: BotConfig, queue: JobQ
     app.add_handler(CommandHandler("status", h.status_command))
     app.add_handler(CommandHandler("cancel", h.cancel_command))
     app.add_handler(CommandHandler("queue", h.queue_command))
+    app.add_handler(CommandHandler("stats", h.stats_command))
     app.add_handler(MessageHandler(photo_or_file & story_caption, h.story_from_caption))
     app.add_handler(MessageHandler(photo_or_file & ~story_caption, h.remember_photo))
     app.add_handler(CallbackQueryHandler(h.button, pattern=r"^(cancel|reroll):"))

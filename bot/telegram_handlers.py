@@ -292,6 +292,16 @@ async def queue_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
     await reply(update.effective_message, text)
 
 
+async def stats_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/stats: usage of the last 7 days, admins only."""
+    d = deps(context)
+    try:
+        text = await intake.usage_stats(d.queue, d.bot_config, user_id=str(update.effective_user.id))
+    except AccessDenied as err:
+        text = str(err)
+    await reply(update.effective_message, text)
+
+
 async def button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """The ❌ Cancel and 🔁 Re-roll buttons under a status message. Every press is answered once."""
     query = update.callback_query

@@ -6,7 +6,7 @@ quotes user input quotes a short excerpt, and `fit` cuts any text to a platform'
 from __future__ import annotations
 
 from storage.config import Limits
-from storage.models import Job
+from storage.models import Job, UsageReport
 from storage.redact import redact
 from storage.validate import excerpt
 from storage.workers import WorkerStatus
@@ -26,6 +26,9 @@ RESPONSIBLE_USE = (
     "Use only photos you have the right to use. No sexual content involving real people "
     "and no impersonation of real people. The operator decides who may use the bot."
 )
+
+# Neutral on purpose: it neither repeats the word nor says which rule matched.
+STORY_REFUSED = "This story can't be made here. Please change its wording and try again."
 
 
 def utf16_len(text: str) -> int:
@@ -161,6 +164,21 @@ def queue_text(lines: list[str], workers_online: int, worker_lines: list[str] = 
     head = "The queue is empty." if not lines else "Queue:\n" + "\n".join(lines)
     tail = "".join(f"\n  {w}" for w in worker_lines)
     return f"{head}\nGPU workers online: {workers_online}.{tail}"
+
+
+def stats_text(report: UsageReport) -> str:
+    """/stats and `svibot stats`: usage over the report's days, oldest day first."""
+    lines = [f"Usage, last {len(report.days)} day(s) (UTC): stories / segments"]
+    lines += [f"  {d.date}: {d.stories} / {d.segments}" for d in report.days]
+    lines.append(f"Active users: {report.active_users}. Queue now: {report.queued} queued, {report.running} running.")
+    lines.append("Median seconds per segment:" if report.seconds_per_segment else "Median seconds per segment: no segments yet.")
+    lines += [f"  {t.preset} / {t.recipe}: {t.median_s:g} s ({t.segments} segment(s))" for t in report.seconds_per_segment]
+    lines.append("Failures:" if report.failures else "Failures: none.")
+    lines += [f"  {count} x {excerpt(reason, 80)}" for reason, count in report.failures]
+    refused = sum(count for _, count in report.refusals)
+    lines.append(f"Stories refused before queueing: {refused}"
+                 + (" (" + ", ".join(f"{reason}: {count}" for reason, count in report.refusals) + ")" if refused else "."))
+    return "\n".join(lines)
 
 
 def worker_line(w: WorkerStatus) -> str:

@@ -26,6 +26,7 @@ import torch
 
 from .config import GenerationSettings
 from .errors import Cancelled
+from .preview import predicted_x0
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -68,11 +69,15 @@ def forwards_per_segment(settings: GenerationSettings) -> int:
 def denoise(models, cond: torch.Tensor, mask: torch.Tensor, prompt_embeds: torch.Tensor,
             negative_embeds: torch.Tensor | None, settings: GenerationSettings, seed: int,
             on_step: Callable[[int], None] | None = None,
-            should_cancel: Callable[[], bool] | None = None) -> torch.Tensor:
+            should_cancel: Callable[[], bool] | None = None,
+            on_x0: Callable[[int, Callable[[], torch.Tensor]], None] | None = None) -> torch.Tensor:
     """Flow-matching Euler from pure noise to z (16, T, h, w), switching experts at the boundary.
 
     Each step runs the expert of its timestep with that expert's guidance: cond + negative pass mixed as
     `uncond + g * (cond - uncond)` when g > 1 (as WanImageToVideoPipeline and wan/image2video.py do).
+
+    `on_x0(step, x0)` (live previews) gets a function that returns this step's prediction of the clean
+    latent, (16, T, h, w); it costs nothing unless called. Without `on_x0` nothing is kept.
     """
     device, dtype = models.device, models.dtype
     scheduler = make_scheduler(settings, device)  # fresh per segment: the scheduler keeps a step index
@@ -94,6 +99,9 @@ def denoise(models, cond: torch.Tensor, mask: torch.Tensor, prompt_embeds: torch
             noise_uncond = expert(hidden_states=model_input, timestep=timestep,
                                   encoder_hidden_states=negative_embeds, return_dict=False)[0]
             noise_pred = noise_uncond + guidance * (noise_pred - noise_uncond)
+        if on_x0 is not None:
+            x_t, v, sigma = x, noise_pred.float(), float(scheduler.sigmas[i])
+            on_x0(i + 1, lambda: predicted_x0(x_t, v, sigma)[0])  # (16, T, h, w)
         x = scheduler.step(noise_pred.float(), t, x, return_dict=False)[0]  # (1, 16, T, h, w) fp32
         if on_step is not None:
             on_step(i + 1)

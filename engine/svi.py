@@ -24,6 +24,7 @@ from .errors import Cancelled
 from .models.loading import Models, free_memory
 from .models.lora import set_strengths
 from .photo import fit_photo, image_to_array, is_portrait, load_photo
+from .preview import preview_jpeg
 from .sampling import denoise
 
 
@@ -33,6 +34,9 @@ class Progress:
     num_segments: int
     step: int  # 1-based
     num_steps: int
+    # With previews on: renders this step's preview strip (JPEG bytes) when called, so steps whose
+    # progress is not reported cost nothing.
+    preview: Callable[[], bytes] | None = None
 
 
 @dataclass
@@ -193,6 +197,7 @@ def generate_story(
     on_progress: Callable[[Progress], None] | None = None,
     on_segment: Callable[[SegmentResult], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    previews: bool = False,
 ) -> list[SegmentResult]:
     """Generate segments `start_segment`.. of a story; each is handed to `on_segment` when done.
 
@@ -243,8 +248,14 @@ def generate_story(
             if on_progress is not None:
                 on_progress(Progress(segment=k, num_segments=num_segments, step=step, num_steps=num_steps))
 
+        def on_x0(step: int, x0: Callable[[], torch.Tensor], k: int = k) -> None:
+            if on_progress is not None:
+                on_progress(Progress(segment=k, num_segments=num_segments, step=step, num_steps=num_steps,
+                                     preview=lambda: preview_jpeg(x0())))
+
         z = denoise(models, cond, mask, embeds[k : k + 1], negative_embeds, settings,
-                    seed=settings.seed + k, on_step=on_step, should_cancel=should_cancel)  # (16, T, h, w)
+                    seed=settings.seed + k, on_step=None if previews else on_step, should_cancel=should_cancel,
+                    on_x0=on_x0 if previews else None)  # (16, T, h, w)
         frames = decode_latents(models, z)  # (F, H, W, 3)
         if settings.chaining == "svi-pro":
             carry = z.cpu()

@@ -6,6 +6,7 @@ The engine runs in a thread; its callbacks hop back onto the event loop for ever
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from .video import probe_num_frames, stitch, write_mp4
 
 log = logging.getLogger(__name__)
 
+PREVIEW_KEY = "preview_jpeg"  # progress payload key: the step's preview strip, base64 JPEG
 JOB_ONLY_KEYS = ("preset", "quality")  # job settings that are not GenerationSettings fields
 
 
@@ -41,6 +43,7 @@ class WorkerConfig:
     progress_interval_s: float = 2.0  # progress events are throttled to one per interval per job
     recipes: Mapping[str, Recipe] = field(default_factory=lambda: dict(RECIPES))  # with the operator's overrides
     presets: tuple[str, ...] | None = None  # claim only jobs naming these presets (or none); None: any
+    previews: bool = False  # SVIBOT_PREVIEW: each progress event carries a preview strip of the step
 
 
 class _Stop(Exception):
@@ -152,9 +155,11 @@ class Worker:
             if p.step != 1 and now - state["last_progress"] < self.config.progress_interval_s:
                 return
             state["last_progress"] = now
-            call(self.queue.record_progress(job.id, self.me, {
-                "segment": p.segment, "num_segments": p.num_segments, "step": p.step,
-                "num_steps": p.num_steps, "eta_s": self._eta(p, state)}))
+            payload = {"segment": p.segment, "num_segments": p.num_segments, "step": p.step,
+                       "num_steps": p.num_steps, "eta_s": self._eta(p, state)}
+            if p.preview is not None:  # rendered here, in the engine thread, only for reported steps
+                payload[PREVIEW_KEY] = base64.b64encode(p.preview()).decode("ascii")
+            call(self.queue.record_progress(job.id, self.me, payload))
 
         def on_segment(seg: SegmentResult) -> None:
             # 1. files first (atomic), 2. the row, 3. the "segment ready" event (same transaction as 2)
@@ -181,10 +186,11 @@ class Worker:
                     carry = torch.load(await self.queue.local_file(done[-1].carry_path), map_location="cpu")
                 photo = await self.queue.local_file(job.photo_path)
                 models = await asyncio.to_thread(self._models_for, preset_name)
+                extra = {"previews": True} if self.config.previews else {}
                 await asyncio.to_thread(
                     self._generate, models, photo, job.prompts, settings,
                     start_segment=start, carry=carry, on_progress=on_progress, on_segment=on_segment,
-                    should_cancel=should_cancel)
+                    should_cancel=should_cancel, **extra)
             return await self._finish(job)
         except Cancelled:
             kept = len(await self.queue.segments(job.id))

@@ -118,3 +118,37 @@ class Stats:
         if self.seconds_per_segment is None:
             return None
         return segments_ahead * self.seconds_per_segment
+
+
+@dataclass(frozen=True)
+class DayUsage:
+    date: str  # UTC, YYYY-MM-DD
+    stories: int  # jobs created that day
+    segments: int  # segments finished that day
+
+
+@dataclass(frozen=True)
+class SegmentTiming:
+    preset: str  # "default" for jobs that named none
+    recipe: str
+    segments: int
+    median_s: float  # median wall seconds to generate one segment
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """What admins see in /stats and `svibot stats`."""
+
+    days: tuple[DayUsage, ...]
+    seconds_per_segment: tuple[SegmentTiming, ...]
+    failures: tuple[tuple[str, int], ...]  # (reason, jobs), most frequent first
+    refusals: tuple[tuple[str, int], ...]  # (reason, stories refused before queueing)
+    active_users: int  # distinct platform users with a story in the window
+    queued: int  # now
+    running: int  # now
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["failures"] = dict(self.failures)
+        d["refusals"] = dict(self.refusals)
+        return d

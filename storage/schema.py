@@ -91,6 +91,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE workers ADD COLUMN vram_gib REAL",
         "ALTER TABLE workers ADD COLUMN ram_gib REAL",
     ),
+    (
+        # 3: stories refused before queueing (blocked words), so admins can see them in /stats.
+        """CREATE TABLE IF NOT EXISTS refusals (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            platform TEXT NOT NULL,
+            chat_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS refusals_time ON refusals (created_at)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -116,7 +129,7 @@ async def migrate(db: aiosqlite.Connection, path: Path) -> int:
             f"{path} has schema version {version}, newer than this svibot's {SCHEMA_VERSION}; upgrade svibot")
     if version == 0:
         cur = await db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
-        foreign = {r[0] for r in await cur.fetchall()} - {"jobs", "segments", "events", "workers"}
+        foreign = {r[0] for r in await cur.fetchall()} - {"jobs", "segments", "events", "workers", "refusals"}
         if foreign:
             raise CorruptDatabase(
                 f"{path} is an SQLite database of another program (tables {sorted(foreign)}); left untouched")

@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     db_flag(p)
 
+    p = sub.add_parser("stats", help="usage: stories and segments per day, seconds per segment, failures, users")
+    p.add_argument("--days", type=int, default=7, help="how many UTC days back, today included (default 7)")
+    p.add_argument("--json", action="store_true")
+    db_flag(p)
+
     p = sub.add_parser("db", help="upgrade the queue database, or print a PostgreSQL worker role's grants")
     p.add_argument("action", choices=["upgrade", "worker-role"])
     p.add_argument("role", nargs="?", help="worker-role: the PostgreSQL role to grant a worker's rights")
@@ -161,6 +166,18 @@ async def cmd_workers(cfg: AppConfig, args: argparse.Namespace) -> int:
         vram = f"{w.vram_gib:g} GiB" if w.vram_gib else "-"
         print(f"{w.host}:{w.pid:<7} {w.gpu or '?':<18} {vram:>9}  {w.preset or '-':<8} "
               f"seen {max(0.0, now - w.seen_at):5.0f} s ago  {w.doing()}")
+    return EXIT_OK
+
+
+async def cmd_stats(cfg: AppConfig, args: argparse.Namespace) -> int:
+    if args.days < 1:
+        print(f"svibot stats: --days is {args.days}; it must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    from bot.texts import stats_text
+
+    async with await JobQueue.open(cfg.queue, cfg.data_dir.photos, listen=False) as queue:
+        report = await queue.usage_report(days=args.days)
+    print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else stats_text(report))
     return EXIT_OK
 
 
@@ -325,7 +342,7 @@ async def cmd_story(cfg: AppConfig, args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"jobs": cmd_jobs, "worker": cmd_worker, "serve": cmd_serve, "download": cmd_download,
-            "story": cmd_story, "workers": cmd_workers, "db": cmd_db}
+            "story": cmd_story, "workers": cmd_workers, "db": cmd_db, "stats": cmd_stats}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

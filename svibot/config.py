@@ -38,6 +38,15 @@ def _number(env: Mapping[str, str], name: str, kind: type, default):
         raise BadSetting(f"{name} must be {what} but is {raw!r}") from None
 
 
+def _on_off(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("on", "off"):
+        raise BadSetting(f"{name} must be on or off but is {raw!r}")
+    return raw == "on"
+
+
 def _file_overrides(items: list[str]) -> tuple[tuple[str, str], ...]:
     out = []
     for item in items:
@@ -131,5 +140,6 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> AppConfig:
         heartbeat_s=max(1.0, queue.lease_seconds / 4),
         recipes=build_recipes(getattr(args, "recipe", None) or [], env),
         presets=_presets(getattr(args, "serve_presets", None) or env.get("SVIBOT_SERVE_PRESETS")),
+        previews=_on_off(env, "SVIBOT_PREVIEW", False),
     )
     return AppConfig(data_dir=data_dir, queue=queue, limits=limits, engine=engine, worker=worker)
