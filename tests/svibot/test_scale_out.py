@@ -20,6 +20,7 @@ from engine.video import read_frames
 from engine.worker import Worker, WorkerConfig
 from svibot.cli import main
 from storage import DataDir, JobQueue, Limits, NewJob, QueueConfig, WorkerId, WorkerInfo
+from storage.pg_schema import SCHEMA_VERSION
 from tests.fakes.scripted_worker import count_frames
 from tests.fakes.telegram_api import FakeTelegram
 
@@ -212,11 +213,11 @@ def test_db_upgrade_workers_and_worker_role_commands(pg_url, tmp_path, capsys):
     data = ["--data-dir", str(tmp_path / "d")]
     assert main([*data, "db", "upgrade", "--database-url", pg_url]) == 0
     out = capsys.readouterr().out
-    assert "schema version 2 (was 0)" in out and ":<redacted>@127.0.0.1" in out and pg_url not in out
+    assert f"schema version {SCHEMA_VERSION} (was 0)" in out and ":<redacted>@127.0.0.1" in out and pg_url not in out
     os.environ["SVIBOT_DATABASE_URL"] = pg_url
     try:
         assert main([*data, "db", "upgrade"]) == 0
-        assert "already at schema version 2" in capsys.readouterr().out
+        assert f"already at schema version {SCHEMA_VERSION}" in capsys.readouterr().out
 
         async def register():
             q = await open_pg(pg_url, tmp_path / "d")
