@@ -204,6 +204,9 @@ class Outbox:
             message_id = await self._once(event, "text", lambda: self.deliverer.send_text(job, text))
             await self._status(job, text, wait=True, active=False)
             return True, message_id
+        if event.kind == "paused":  # a status edit: the story goes on later, nothing was lost
+            return await self._status(job, texts.paused_text(job.id, int(p.get("segments_done", 0)),
+                                                             str(p.get("reason", ""))), wait=True, active=True)
         if event.kind == "cancelled":
             text = texts.cancelled_text(job.id, int(p.get("segments_done", 0)))
             return await self._status(job, text, wait=True, active=False)

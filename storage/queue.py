@@ -31,7 +31,7 @@ async def open_database(config: QueueConfig, photos_dir: Path, *, migrate: bool 
         return await PgDatabase.open(config.database_url, config.files_root, migrate_schema=migrate, listen=listen)
     from .sqlite_db import SqliteDatabase
 
-    return await SqliteDatabase.open(config.db_path, photos_dir)
+    return await SqliteDatabase.open(config.db_path, photos_dir, busy_timeout_s=config.busy_timeout_s)
 
 
 class JobQueue(LeaseVerbs, UsageVerbs):
