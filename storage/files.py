@@ -90,10 +90,13 @@ def atomic_write_bytes(final: Path, data: bytes) -> Path:
     return Path(final)
 
 
-def store_photo(photos_dir: Path, data: bytes, suffix: str = ".img") -> tuple[Path, str]:
-    """Store photo bytes under their sha256; the same photo is stored once. Returns (path, sha256)."""
+def store_photo(photos_dir: Path, data: bytes, suffix: str = ".img") -> tuple[Path, str, bool]:
+    """Store photo bytes under their sha256; the same photo is stored once.
+
+    Returns (path, sha256, whether this call wrote the file)."""
     digest = hashlib.sha256(data).hexdigest()
     path = Path(photos_dir) / digest[:2] / f"{digest}{suffix}"
-    if not path.exists():
-        atomic_write_bytes(path, data)
-    return path, digest
+    if path.exists():
+        return path, digest, False
+    atomic_write_bytes(path, data)
+    return path, digest, True

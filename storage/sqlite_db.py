@@ -37,7 +37,9 @@ class FileBlobs(BlobStore):
         self._photos_dir = Path(photos_dir)
 
     async def put_photo(self, s: Session, job_id: int, data: bytes, suffix: str) -> tuple[str, str]:
-        path, digest = await asyncio.to_thread(store_photo, self._photos_dir, data, suffix)
+        path, digest, created = await asyncio.to_thread(store_photo, self._photos_dir, data, suffix)
+        if created and isinstance(s, _SqliteSession):  # a rolled-back insert keeps no photo behind
+            s.on_rollback.append(lambda: path.unlink(missing_ok=True))
         return str(path), digest
 
     async def put_file(self, s: Session, job_id: int, path: Path) -> str:
@@ -51,6 +53,7 @@ class _SqliteSession:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
         self.topics: list[str] = []
+        self.on_rollback: list = []  # undo steps for files written inside the transaction
 
     async def fetchone(self, sql: str, *args: Any) -> Any | None:
         cur = await self._db.execute(sql, args)
@@ -135,6 +138,8 @@ class SqliteDatabase(Database):
                         await self._db.execute("ROLLBACK")
                     except sqlite3.Error:
                         pass  # SQLite had rolled back already
+                    for undo in session.on_rollback:
+                        undo()
                     raise
             except sqlite3.Error as err:
                 if is_disk_full(err):
