@@ -45,6 +45,8 @@ class WorkerConfig:
     recipes: Mapping[str, Recipe] = field(default_factory=lambda: dict(RECIPES))  # with the operator's overrides
     presets: tuple[str, ...] | None = None  # claim only jobs naming these presets (or none); None: any
     previews: bool = False  # SVIBOT_PREVIEW: each progress event carries a preview strip of the step
+    retention_days: float = 7.0  # finished jobs' rows and files are deleted this long after they end
+    retention_every_s: float = 3600.0  # how often an idle worker looks for them
     disk_retry_s: float = 60.0  # a long-running worker paused by a full disk looks again this often
 
 
@@ -107,6 +109,7 @@ class Worker:
         self.me = identity or WorkerId.current()
         self._generate = generate
         self._preset_loaded: str | None = None
+        self._last_purge = float("-inf")
 
     # -- the loop --------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, *, once: bool = False,
@@ -152,7 +155,15 @@ class Worker:
         return done
 
     async def idle(self) -> None:
-        """Housekeeping while no job is waiting (see `engine.retention`)."""
+        """Housekeeping while no job is waiting: delete finished jobs past the retention time."""
+        now = time.monotonic()
+        if now - self._last_purge < self.config.retention_every_s:
+            return
+        self._last_purge = now
+        gone = await self.queue.purge_finished(self.config.retention_days * 86400)
+        if gone.jobs:
+            log.info("retention: deleted %d finished job(s) older than %g days and %d file(s)",
+                     len(gone.jobs), self.config.retention_days, len(gone.files))
 
     # -- one job ---------------------------------------------------------------------------
     async def process(self, job: Job, stop: asyncio.Event) -> Job:

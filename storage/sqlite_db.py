@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -89,7 +90,9 @@ class SqliteDatabase(Database):
     async def open(cls, path: Path, photos_dir: Path, *, busy_timeout_s: float = 30.0) -> "SqliteDatabase":
         path = Path(path)
         check_is_sqlite(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path.parent.stat().st_uid == os.getuid():
+            os.chmod(path.parent, 0o700)  # the data dir holds user data; an older one may be 0755
         db = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout_s)
         db.row_factory = sqlite3.Row
         try:

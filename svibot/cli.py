@@ -354,6 +354,7 @@ def disk_full_line(err: DiskFull, cfg: AppConfig | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.umask(0o077)  # photos, videos and the queue are user data: readable by the service user only
     logs.setup(args.log_level, os.environ)
     if getattr(args, "database_url", None):  # a URL given as a flag has a password to hide too
         from storage.redact import add_secret, secrets_from_env
