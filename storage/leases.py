@@ -121,7 +121,8 @@ class LeaseVerbs:
                 self._clock(), job_id)
             job = Job.from_row(row)
             done = await s.fetchone("SELECT COUNT(*) FROM segments WHERE job_id = ?", job_id)
-            await self._emit(s, job, "paused", {"reason": reason, "segments_done": int(done[0])})
+            # A status event (the schema's event kinds are fixed): the chat's status message says why.
+            await self._emit(s, job, "progress", {"paused": reason, "segments_done": int(done[0])})
             s.notify("jobs")
         return job
 

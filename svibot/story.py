@@ -99,7 +99,9 @@ async def follow(queue: JobQueue, job_id: int, num_segments: int, worker_task: a
         while True:
             for event in await queue.pending_events("cli", job_id=job_id):
                 p = event.payload
-                if event.kind == "progress":
+                if event.kind == "progress" and "paused" in p:
+                    pass  # the worker stops too; the command's last line says why
+                elif event.kind == "progress":
                     desc = f"segment {p['segment'] + 1}/{p['num_segments']}"
                     if step_bar.desc != desc:  # a new segment restarts the step bar and its rate
                         step_bar.reset(total=p["num_steps"])

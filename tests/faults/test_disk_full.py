@@ -18,16 +18,17 @@ from .conftest import final_frames, story_argv, worker_once_argv
 # (case, fault, what the story command ends with, segments on disk when it stops)
 MATRIX = [
     ("photo store", DiskFault("file", "*.jpg"), 1, None),
-    ("enqueue commit", DiskFault("commit", "INSERT INTO jobs"), 1, None),
+    ("database creation", DiskFault("commit", "CREATE TABLE"), 1, None),
+    ("enqueue commit", DiskFault("commit", "photo_sha256, prompts"), 1, None),
     ("claim commit", DiskFault("commit", "state = 'running'"), 1, 0),
     ("progress commit", DiskFault("commit", "'progress'"), 1, 0),
     ("segment 1 mp4", DiskFault("file", "segment_000.mp4"), 1, 0),
     ("segment 2 carry", DiskFault("file", "carry_001.pt"), 1, 1),
     ("segment 2 commit", DiskFault("commit", "INSERT INTO segments"), 1, 0),
     ("stitch", DiskFault("file", "story.mp4"), 1, 2),
-    ("done commit", DiskFault("commit", "'done'"), 1, 2),
+    ("done commit", DiskFault("commit", "('done', None"), 1, 2),
     ("outbox commit", DiskFault("commit", "SET delivered_at"), 1, None),
-    ("worker_gone commit", DiskFault("commit", "DELETE FROM workers"), 0, 2),
+    ("worker_gone commit", DiskFault("commit", "DELETE FROM workers WHERE worker_id"), 0, 2),
 ]
 
 
@@ -66,7 +67,8 @@ def test_full_disk_at_each_write_point(fault, code, kept, tmp_path, monkeypatch,
         if state != "done":
             assert state == "queued"
             with sqlite3.connect(data / "queue.sqlite3") as conn:
-                kinds = [k for (k,) in conn.execute("SELECT kind FROM events WHERE job_id = ?", (job_id,))]
+                kinds = [k for (k,) in conn.execute("SELECT payload FROM events WHERE job_id = ?", (job_id,))]
+            kinds = ["paused" if '"paused"' in k else "" for k in kinds]
             claimed = fault.target not in ("state = 'running'", "SET delivered_at")
             assert ("paused" in kinds) == claimed  # the chat hears why its story stopped
             assert main(worker_once_argv(data)) == 0

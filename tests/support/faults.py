@@ -69,6 +69,8 @@ def integrity(db: Path) -> str:
 
 def job_rows(db: Path) -> list[tuple]:
     with sqlite3.connect(db) as conn:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone():
+            return []  # the database could not even be created
         return conn.execute("SELECT id, state, attempts FROM jobs ORDER BY id").fetchall()
 
 
