@@ -182,6 +182,9 @@ class Outbox:
             eta = (await self.queue.stats()).eta_seconds(await self.queue.segments_ahead(job.id))
             text = texts.position_text(job.id, int(p["position"]), eta)
             return await self._status(job, text, wait=False)
+        if event.kind == "progress" and "paused" in p:  # the story goes on later, nothing was lost
+            return await self._status(job, texts.paused_text(job.id, int(p.get("segments_done", 0)),
+                                                             str(p["paused"])), wait=True, active=True)
         if event.kind == "progress":
             text = texts.progress_text(job.id, int(p["segment"]), int(p["num_segments"]), int(p["step"]),
                                        int(p["num_steps"]), p.get("eta_s"))

@@ -122,6 +122,10 @@ def failed_text(job_id: int, error: str) -> str:
     return f"Job #{job_id} failed: {redact(error)}"
 
 
+def paused_text(job_id: int, segments_done: int, reason: str) -> str:
+    return f"Job #{job_id} is paused after {segments_done} segment(s): {redact(reason)}"
+
+
 def cancelled_text(job_id: int, segments_done: int) -> str:
     return f"Job #{job_id} was cancelled after {segments_done} segment(s)."
 

@@ -18,13 +18,14 @@ import torch
 
 from storage import DataDir, DiskFull, InputError, Job, JobQueue, LeaseLost, WorkerId, WorkerInfo
 from storage.errors import BadSetting
-from storage.files import atomic_path
+from storage.files import atomic_write_bytes
 
 from .config import DEFAULT_RECIPE, RECIPES, GenerationSettings, Recipe
 from .models.config import EngineConfig
 from .errors import Cancelled
 from .models.loading import free_memory, load_models, unload_models
 from .models.presets import get_preset
+from .resume import carry_bytes, load_carry, video_ok
 from .svi import Progress, SegmentResult, generate_story
 from .video import probe_num_frames, stitch, write_mp4
 
@@ -44,6 +45,9 @@ class WorkerConfig:
     recipes: Mapping[str, Recipe] = field(default_factory=lambda: dict(RECIPES))  # with the operator's overrides
     presets: tuple[str, ...] | None = None  # claim only jobs naming these presets (or none); None: any
     previews: bool = False  # SVIBOT_PREVIEW: each progress event carries a preview strip of the step
+    retention_days: float = 7.0  # finished jobs' rows and files are deleted this long after they end
+    retention_every_s: float = 3600.0  # how often an idle worker looks for them
+    disk_retry_s: float = 60.0  # a long-running worker paused by a full disk looks again this often
 
 
 class _Stop(Exception):
@@ -77,6 +81,11 @@ def describe(engine: EngineConfig) -> WorkerInfo:
                       ram_gib=engine.ram_budget_gib)
 
 
+def paused_reason(err: DiskFull) -> str:
+    return ("the server's disk is full; the story continues from where it stopped once the operator "
+            "frees space")
+
+
 def user_error(err: BaseException, segment: int, num_segments: int) -> str:
     """A reason the person who asked for the story can read."""
     where = f"segment {segment + 1} of {num_segments}"
@@ -100,6 +109,7 @@ class Worker:
         self.me = identity or WorkerId.current()
         self._generate = generate
         self._preset_loaded: str | None = None
+        self._last_purge = float("-inf")
 
     # -- the loop --------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, *, once: bool = False,
@@ -117,21 +127,43 @@ class Worker:
             log.info("reclaimed jobs %s from a dead worker on this host", reclaimed)
         try:
             while not stop.is_set():
-                await self.queue.reap_expired()
-                await self.queue.worker_seen(self.me, self._preset_loaded or self.config.engine.preset)
-                job = await self.queue.claim(self.me, presets=self.config.presets)
-                if job is None:
-                    if once and (await self.queue.stats()).running == 0:
-                        break
-                    await work.wait(self.config.poll_s, stop)
+                try:
+                    await self.queue.reap_expired()
+                    await self.queue.worker_seen(self.me, self._preset_loaded or self.config.engine.preset)
+                    job = await self.queue.claim(self.me, presets=self.config.presets)
+                    if job is None:
+                        if once and (await self.queue.stats()).running == 0:
+                            break
+                        await self.idle()
+                        await work.wait(self.config.poll_s, stop)
+                        continue
+                    await self.process(job, stop)
+                except DiskFull as err:
+                    if once or until_job is not None:
+                        raise  # the command ends with one line naming the data dir
+                    log.error("%s; pausing for %.0f s", err, self.config.disk_retry_s)
+                    await work.wait(self.config.disk_retry_s, stop)
                     continue
-                await self.process(job, stop)
                 done += 1
                 if until_job is not None and (await self.queue.get_job(until_job)).state not in ("queued", "running"):
                     break
         finally:
-            await self.queue.worker_gone(self.me)
+            try:
+                await self.queue.worker_gone(self.me)
+            except DiskFull as err:  # the row ages out; a full disk must not hide why we stopped
+                log.warning("could not unregister this worker: %s", err)
         return done
+
+    async def idle(self) -> None:
+        """Housekeeping while no job is waiting: delete finished jobs past the retention time."""
+        now = time.monotonic()
+        if now - self._last_purge < self.config.retention_every_s:
+            return
+        self._last_purge = now
+        gone = await self.queue.purge_finished(self.config.retention_days * 86400)
+        if gone.jobs:
+            log.info("retention: deleted %d finished job(s) older than %g days and %d file(s)",
+                     len(gone.jobs), self.config.retention_days, len(gone.files))
 
     # -- one job ---------------------------------------------------------------------------
     async def process(self, job: Job, stop: asyncio.Event) -> Job:
@@ -163,10 +195,7 @@ class Worker:
 
         def on_segment(seg: SegmentResult) -> None:
             # 1. files first (atomic), 2. the row, 3. the "segment ready" event (same transaction as 2)
-            video = write_mp4(seg.frames, self.config.data_dir.segment_video(job.id, seg.index), fps=settings.fps)
-            carry_path = self.config.data_dir.segment_carry(job.id, seg.index)
-            with atomic_path(carry_path) as tmp:
-                torch.save(seg.carry.contiguous().clone(), tmp)
+            video, carry_path = self._write_segment(job, seg, settings)
             call(self.queue.record_segment(
                 job.id, self.me, index=seg.index, prompt=seg.prompt, video_path=video, carry_path=carry_path,
                 num_frames=int(seg.frames.shape[0]), duration_s=seg.frames.shape[0] / settings.fps,
@@ -176,14 +205,9 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat_loop(job, state))
         try:
             preset_name, settings = resolve_settings(job.settings, self.config.engine, self.config.recipes)
-            done = await self.queue.segments(job.id)
-            start = len(done)
+            start, carry = await self._resume_point(job)
             state["segment"] = state["start"] = start
             if start < n:
-                # Files come from the queue: on PostgreSQL another machine may have written them.
-                carry = None
-                if start:
-                    carry = torch.load(await self.queue.local_file(done[-1].carry_path), map_location="cpu")
                 photo = await self.queue.local_file(job.photo_path)
                 models = await asyncio.to_thread(self._models_for, preset_name)
                 extra = {"previews": True} if self.config.previews else {}
@@ -191,7 +215,18 @@ class Worker:
                     self._generate, models, photo, job.prompts, settings,
                     start_segment=start, carry=carry, on_progress=on_progress, on_segment=on_segment,
                     should_cancel=should_cancel, **extra)
+            await self._repair_videos(job, preset_name, settings)
             return await self._finish(job)
+        except DiskFull as err:
+            log.error("job #%s paused: %s", job.id, err)
+            await asyncio.to_thread(free_memory)
+            try:
+                await self.queue.pause(job.id, self.me, paused_reason(err))
+            except LeaseLost:
+                pass
+            except DiskFull:  # not even the pause fits; the lease runs out and the job comes back
+                log.error("job #%s: the queue database is full too; the job returns when its lease ends", job.id)
+            raise
         except Cancelled:
             kept = len(await self.queue.segments(job.id))
             log.info("job #%s cancelled after %d segment(s)", job.id, kept)
@@ -212,6 +247,45 @@ class Worker:
                 return await self.queue.get_job(job.id)
         finally:
             heartbeat.cancel()
+
+    def _write_segment(self, job: Job, seg: SegmentResult, settings: GenerationSettings):
+        """Files first, each atomic (a full disk leaves no half file); the caller records them after."""
+        video = write_mp4(seg.frames, self.config.data_dir.segment_video(job.id, seg.index), fps=settings.fps)
+        carry_path = atomic_write_bytes(self.config.data_dir.segment_carry(job.id, seg.index), carry_bytes(seg.carry))
+        return video, carry_path
+
+    async def _resume_point(self, job: Job) -> tuple[int, torch.Tensor | None]:
+        """The first segment to generate and the carry it starts from. A damaged carry of the last
+        recorded segment drops that segment, so it is made again from the one before."""
+        done = await self.queue.segments(job.id)
+        while done:
+            # Files come from the queue: on PostgreSQL another machine may have written them.
+            carry = await asyncio.to_thread(load_carry, await self.queue.local_file(done[-1].carry_path))
+            if carry is not None:
+                return len(done), carry
+            await self.queue.drop_segments(job.id, self.me, done[-1].index)
+            done = done[:-1]
+        return 0, None
+
+    async def _repair_videos(self, job: Job, preset_name: str, settings: GenerationSettings) -> None:
+        """Before stitching, make again every segment video that does not decode to its frame count,
+        from the carry of the segment before it (the same frames: generation is deterministic)."""
+        segments = await self.queue.segments(job.id)
+        for seg in segments:
+            path = await self.queue.local_file(seg.video_path)
+            if await asyncio.to_thread(video_ok, path, seg.num_frames):
+                continue
+            carry = None
+            if seg.index:
+                carry = await asyncio.to_thread(load_carry, await self.queue.local_file(segments[seg.index - 1].carry_path))
+                if carry is None:
+                    raise RuntimeError(f"segment {seg.index + 1}'s video and the carry before it are both damaged")
+            photo = await self.queue.local_file(job.photo_path)
+            models = await asyncio.to_thread(self._models_for, preset_name)
+            await asyncio.to_thread(
+                self._generate, models, photo, job.prompts[:seg.index + 1], settings, start_segment=seg.index,
+                carry=carry, on_segment=lambda again: self._write_segment(job, again, settings))
+            log.info("job #%s: segment %d's video was damaged and is made again", job.id, seg.index + 1)
 
     async def _finish(self, job: Job) -> Job:
         segments = await self.queue.segments(job.id)

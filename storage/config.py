@@ -34,6 +34,7 @@ class QueueConfig:
     worker_online_seconds: float = 90.0  # a worker heartbeat older than this means "offline"
     database_url: str | None = None  # postgresql://...: share the queue between machines
     cache_root: Path | None = None  # where PostgreSQL-kept files are cached; default: db_path's folder
+    busy_timeout_s: float = 30.0  # SQLite: wait this long for another process's write lock, then back off and retry
 
     @property
     def files_root(self) -> Path:

@@ -55,11 +55,24 @@ class TokenRejected(BadSetting):
 
 
 class DiskFull(SvibotError, OSError):
-    """The data dir's disk is full. Nothing was left half-written."""
+    """The data dir's disk is full. Nothing was left half-written and nothing was recorded that is
+    not on disk; the work resumes once space is freed.
 
-    def __init__(self, path: object) -> None:
-        super().__init__(f"disk full while writing {path}")
+    `free` is the space left when the write failed, `needed` the space to free before retrying
+    (both in bytes; see `storage.files.free_space_needed`)."""
+
+    def __init__(self, path: object, *, free: int | None = None, needed: int | None = None) -> None:
+        from .files import free_bytes, free_space_needed  # files imports this module
+
         self.path = path
+        self.free = free_bytes(path) if free is None else free
+        self.needed = free_space_needed() if needed is None else needed
+        super().__init__(f"disk full while writing {path}: {_mb(self.free)} free, "
+                         f"at least {_mb(self.needed)} needed")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 class CorruptDatabase(SvibotError):

@@ -4,12 +4,49 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import DiskFull
+
+# Free space a data dir needs for a story to make progress: a segment's mp4 and carry latent, the
+# stitched story, the database's growth and SQLite's journal, with room to spare (a 480p 81-frame
+# segment is a few MB; the stitched story of 10 segments some tens of MB).
+FREE_SPACE_NEEDED = 256 * 2**20
+# A write that fails some other way (ffmpeg's exit code, torch's zip writer) while less than this is
+# free failed for want of space.
+LOW_SPACE = 16 * 2**20
+ENOSPC_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_space_needed() -> int:
+    return FREE_SPACE_NEEDED
+
+
+def free_bytes(path: object) -> int:
+    """Free bytes on the disk holding `path` (its nearest existing parent); 0 if none can be found."""
+    p = Path(str(path)).absolute()
+    for candidate in (p, *p.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return 0
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC/EDQUOT, or SQLite's SQLITE_FULL ("database or disk is full")."""
+    if isinstance(err, DiskFull):
+        return True
+    if isinstance(err, OSError) and err.errno in ENOSPC_ERRNOS:
+        return True
+    if isinstance(err, sqlite3.Error):
+        return getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(err)
+    return False
 
 
 @contextmanager
@@ -19,16 +56,24 @@ def atomic_path(final: Path) -> Iterator[Path]:
     A failed or interrupted write leaves no partial `final` behind. ENOSPC becomes `DiskFull`.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part" + final.suffix, dir=final.parent)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part" + final.suffix, dir=final.parent)
+    except OSError as err:
+        if is_disk_full(err):
+            raise DiskFull(final) from err
+        raise
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.replace(tmp, final)
-    except OSError as err:
+    except DiskFull:
         tmp.unlink(missing_ok=True)
-        if err.errno == errno.ENOSPC:
+        raise
+    except Exception as err:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(err) or free_bytes(final.parent) < LOW_SPACE:
             raise DiskFull(final) from err
         raise
     except BaseException:
@@ -45,10 +90,13 @@ def atomic_write_bytes(final: Path, data: bytes) -> Path:
     return Path(final)
 
 
-def store_photo(photos_dir: Path, data: bytes, suffix: str = ".img") -> tuple[Path, str]:
-    """Store photo bytes under their sha256; the same photo is stored once. Returns (path, sha256)."""
+def store_photo(photos_dir: Path, data: bytes, suffix: str = ".img") -> tuple[Path, str, bool]:
+    """Store photo bytes under their sha256; the same photo is stored once.
+
+    Returns (path, sha256, whether this call wrote the file)."""
     digest = hashlib.sha256(data).hexdigest()
     path = Path(photos_dir) / digest[:2] / f"{digest}{suffix}"
-    if not path.exists():
-        atomic_write_bytes(path, data)
-    return path, digest
+    if path.exists():
+        return path, digest, False
+    atomic_write_bytes(path, data)
+    return path, digest, True

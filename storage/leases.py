@@ -111,6 +111,28 @@ class LeaseVerbs:
             if changed:
                 s.notify("jobs")
 
+    async def pause(self, job_id: int, worker: WorkerId, reason: str) -> Job:
+        """Give a job back to the queue because this machine cannot go on (its disk is full), and
+        tell its chat why: no attempt is counted, the next worker start resumes it."""
+        async with self._db.tx() as s:
+            await self._owned(s, job_id, worker)
+            row = await s.fetchone(
+                f"UPDATE jobs SET state = 'queued', {_CLEAR_LEASE}, updated_at = ? WHERE id = ? RETURNING *",
+                self._clock(), job_id)
+            job = Job.from_row(row)
+            done = await s.fetchone("SELECT COUNT(*) FROM segments WHERE job_id = ?", job_id)
+            # A status event (the schema's event kinds are fixed): the chat's status message says why.
+            await self._emit(s, job, "progress", {"paused": reason, "segments_done": int(done[0])})
+            s.notify("jobs")
+        return job
+
+    async def drop_segments(self, job_id: int, worker: WorkerId, from_index: int) -> int:
+        """Forget segments `from_index`.. of a job whose files turned out damaged, so they are made
+        again; returns how many rows went."""
+        async with self._db.tx() as s:
+            await self._owned(s, job_id, worker)
+            return await s.execute("DELETE FROM segments WHERE job_id = ? AND idx >= ?", job_id, from_index)
+
     async def reap_expired(self) -> list[int]:
         """Requeue jobs whose lease expired (their worker died); fail those out of attempts."""
         now = self._clock()

@@ -19,7 +19,7 @@ import asyncpg
 
 from .db import TOPICS, Database, Session, Signals
 from .dburl import PgTarget, parse_database_url
-from .errors import DatabaseUnavailable
+from .errors import DiskFull, DatabaseUnavailable
 from .pg_blobs import PgBlobs
 from .pg_schema import migrate, read_version
 from .redact import REDACTED
@@ -116,10 +116,13 @@ class PgDatabase(Database):
     async def tx(self) -> AsyncIterator[Session]:
         async with self._pool.acquire() as con:
             session = _PgSession(con)
-            async with con.transaction():
-                yield session
-                for topic in session.topics:  # delivered to every listener when the commit lands
-                    await con.execute("SELECT pg_notify($1, '')", CHANNELS[topic])
+            try:
+                async with con.transaction():
+                    yield session
+                    for topic in session.topics:  # delivered to every listener when the commit lands
+                        await con.execute("SELECT pg_notify($1, '')", CHANNELS[topic])
+            except asyncpg.DiskFullError as err:  # the server's disk: same outcome as a full data dir
+                raise DiskFull("the PostgreSQL database", free=0) from err
         self.signals.wake(session.topics)  # this process's watchers need not wait for the round trip
 
     async def serialize(self, s: Session, key: str) -> None:

@@ -16,6 +16,7 @@ from .config import Limits, QueueConfig, Quota
 from .db import Database, Session, Watch
 from .errors import DailyQuotaReached, JobNotFound, NotAllowed, TooManyActiveJobs
 from .leases import LeaseVerbs
+from .retention import RetentionVerbs
 from .models import ACTIVE_STATES, PLATFORMS, Event, Job, NewJob, Segment
 from .schema import SCHEMA_VERSION
 from .usage import UsageVerbs
@@ -31,10 +32,10 @@ async def open_database(config: QueueConfig, photos_dir: Path, *, migrate: bool 
         return await PgDatabase.open(config.database_url, config.files_root, migrate_schema=migrate, listen=listen)
     from .sqlite_db import SqliteDatabase
 
-    return await SqliteDatabase.open(config.db_path, photos_dir)
+    return await SqliteDatabase.open(config.db_path, photos_dir, busy_timeout_s=config.busy_timeout_s)
 
 
-class JobQueue(LeaseVerbs, UsageVerbs):
+class JobQueue(LeaseVerbs, UsageVerbs, RetentionVerbs):
     """Verbs over the queue. Open with `await JobQueue.open(config, photos_dir)`."""
 
     def __init__(self, db: Database, config: QueueConfig, clock: Callable[[], float]) -> None:

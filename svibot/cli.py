@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from storage import JobQueue, SvibotError
-from storage.errors import InputError
+from storage.errors import DiskFull, InputError
 from storage.redact import redact
 
 from . import logs
@@ -345,16 +345,28 @@ COMMANDS = {"jobs": cmd_jobs, "worker": cmd_worker, "serve": cmd_serve, "downloa
             "story": cmd_story, "workers": cmd_workers, "db": cmd_db, "stats": cmd_stats}
 
 
+def disk_full_line(err: DiskFull, cfg: AppConfig | None) -> str:
+    where = cfg.data_dir.root if cfg is not None else Path(str(err.path)).parent
+    return (f"the data dir {where} is out of disk space ({err.free / 2**20:.1f} MiB free; free at least "
+            f"{err.needed / 2**20:.0f} MiB), writing {err.path}; nothing was lost: after freeing space "
+            "`svibot worker --once` finishes the work")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.umask(0o077)  # photos, videos and the queue are user data: readable by the service user only
     logs.setup(args.log_level, os.environ)
     if getattr(args, "database_url", None):  # a URL given as a flag has a password to hide too
         from storage.redact import add_secret, secrets_from_env
         for secret in secrets_from_env({"SVIBOT_DATABASE_URL": args.database_url}):
             add_secret(secret)
+    cfg = None
     try:
         cfg = build_config(args, os.environ)
         return asyncio.run(COMMANDS[args.command](cfg, args))
+    except DiskFull as err:  # the same one line wherever the write was: no traceback
+        sys.stderr.write(f"svibot: {disk_full_line(err, cfg)}\n")
+        return EXIT_FAILED
     except InputError as err:  # one line, no traceback: e.g. "the Telegram token was rejected; ..."
         sys.stderr.write(f"svibot: {redact(err)}\n")  # one write: a logging thread cannot split the line
         return EXIT_USAGE

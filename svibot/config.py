@@ -141,5 +141,6 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> AppConfig:
         recipes=build_recipes(getattr(args, "recipe", None) or [], env),
         presets=_presets(getattr(args, "serve_presets", None) or env.get("SVIBOT_SERVE_PRESETS")),
         previews=_on_off(env, "SVIBOT_PREVIEW", False),
+        retention_days=_number(env, "SVIBOT_RETENTION_DAYS", float, WorkerConfig.retention_days),
     )
     return AppConfig(data_dir=data_dir, queue=queue, limits=limits, engine=engine, worker=worker)

@@ -54,8 +54,13 @@ async def run_story(cfg: AppConfig, args: argparse.Namespace, stop: asyncio.Even
         # 3. Run the worker here until our job ends, and follow its events.
         worker = Worker(queue, replace(cfg.worker, progress_interval_s=0.25))
         worker_task = asyncio.create_task(worker.run(stop, until_job=job.id))
-        outcome = await follow(queue, job.id, len(prompts), worker_task)
-        await worker_task
+        try:
+            outcome = await follow(queue, job.id, len(prompts), worker_task)
+        except BaseException:  # e.g. a full disk under the outbox's own writes: stop the worker first
+            stop.set()
+            await asyncio.gather(worker_task, return_exceptions=True)
+            raise
+        await worker_task  # a full disk ends the command here, the job paused for `svibot worker --once`
         final = await queue.get_job(job.id)
         segments = await queue.segments(job.id)
         final_file = await queue.local_file(final.final_path) if final.state == "done" else None
@@ -94,7 +99,9 @@ async def follow(queue: JobQueue, job_id: int, num_segments: int, worker_task: a
         while True:
             for event in await queue.pending_events("cli", job_id=job_id):
                 p = event.payload
-                if event.kind == "progress":
+                if event.kind == "progress" and "paused" in p:
+                    pass  # the worker stops too; the command's last line says why
+                elif event.kind == "progress":
                     desc = f"segment {p['segment'] + 1}/{p['num_segments']}"
                     if step_bar.desc != desc:  # a new segment restarts the step bar and its rate
                         step_bar.reset(total=p["num_steps"])

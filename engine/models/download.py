@@ -41,6 +41,15 @@ def fetch_part(part: str, repo: str, target: str, models_dir: Path, *, token: st
                                     endpoint=endpoint, local_files_only=local_only))
     except ModelFileMissing:
         raise
+    except OSError as err:
+        from storage.files import is_disk_full
+
+        if not is_disk_full(err):
+            hint = "not in the local cache and downloads are off" if local_only else type(err).__name__
+            raise ModelFileMissing(repo, target, f"{hint} ({err})") from err
+        from storage.errors import DiskFull  # the part left is resumed by the next download
+
+        raise DiskFull(models_dir / target) from err
     except _hub_errors() as err:
         hint = "not in the local cache and downloads are off" if local_only else type(err).__name__
         raise ModelFileMissing(repo, target, f"{hint} ({err})") from err

@@ -37,12 +37,13 @@ class TextCache:
     def put(self, prompt: str, embedding: torch.Tensor) -> None:
         from safetensors.torch import save_file
 
+        from storage.files import atomic_path
+
         p = self.path(prompt)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".tmp")
         text = torch.tensor(list(prompt.encode()), dtype=torch.uint8)
-        save_file({"embedding": embedding.detach().cpu().contiguous(), "prompt": text}, str(tmp))
-        tmp.replace(p)  # atomic: a crash never leaves half a file under the real name
+        # atomic: a crash never leaves half a file under the real name; a full disk raises DiskFull
+        with atomic_path(p) as tmp:
+            save_file({"embedding": embedding.detach().cpu().contiguous(), "prompt": text}, str(tmp))
 
 
 def encode_cached(texts: list[str], cache: TextCache, encode: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:

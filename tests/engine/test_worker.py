@@ -10,13 +10,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from engine.models.config import EngineConfig
 from engine.svi import generate_story
 from engine.video import read_frames
 from engine.worker import Worker, WorkerConfig
-from storage import DataDir, JobQueue, Limits, NewJob, QueueConfig
+from storage import DataDir, DiskFull, JobQueue, Limits, NewJob, QueueConfig
 
 REPO = Path(__file__).resolve().parents[2]
 PHOTO = REPO / "examples" / "chelsea.jpg"
@@ -208,7 +209,7 @@ async def test_shutdown_releases_the_job_for_the_next_start(tmp_path):
     await queue.close()
 
 
-async def test_full_disk_is_reported_as_disk_full(tmp_path, monkeypatch):
+async def test_full_disk_pauses_the_job_and_stops_a_draining_worker(tmp_path, monkeypatch):
     import errno
     import engine.worker as worker_mod
     cfg = make_config(tmp_path / "d")
@@ -223,9 +224,12 @@ async def test_full_disk_is_reported_as_disk_full(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(worker_mod, "write_mp4", full_disk)
-    await run_until_empty(queue, cfg)
-    failed = await queue.get_job(job.id)
-    assert failed.state == "failed" and failed.error.startswith("disk full at segment 1 of 1")
+    with pytest.raises(DiskFull):  # a draining worker stops: the next write would fail too
+        await run_until_empty(queue, cfg)
+    paused = await queue.get_job(job.id)
+    assert paused.state == "queued" and paused.attempts == 0  # paused, not failed: it resumes later
+    last = (await queue.events_for_job(job.id))[-1]
+    assert last.kind == "progress" and "disk is full" in last.payload["paused"]
     leftovers = list(cfg.data_dir.job_dir(job.id).glob("*")) if cfg.data_dir.job_dir(job.id).exists() else []
     assert leftovers == []  # nothing half-written
     monkeypatch.setattr(worker_mod, "write_mp4", real)
