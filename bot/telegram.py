@@ -8,8 +8,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from telegram import BotCommand
-from telegram import Update
+from telegram import BotCommand, InputMediaPhoto, ReplyParameters, Update
 from telegram.error import BadRequest, ChatMigrated, Forbidden, InvalidToken, NetworkError, RetryAfter
 from telegram.ext import (
     Application,
@@ -31,6 +30,7 @@ from storage.redact import add_secret
 
 from .config import BotConfig, TelegramConfig
 from .outbox import Outbox, OutboxConfig, RetryLater, Undeliverable
+from . import texts
 from .texts import TELEGRAM_CAPTION_CHARS, TELEGRAM_MESSAGE_CHARS, fit
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,9 @@ class TelegramDeliverer:
     def __init__(self, bot, config: TelegramConfig) -> None:
         self.bot = bot
         self.config = config
+        # job id -> its live preview message, edited in place. Kept in memory: after a restart a
+        # running job's next preview posts a fresh message.
+        self._previews: dict[int, int] = {}
 
     def upload_limit(self, job: Job) -> int:
         return self.config.upload_limit_bytes
@@ -76,7 +79,35 @@ class TelegramDeliverer:
                 raise Undeliverable(str(err)) from err
             raise RetryLater(2.0) from err  # timeouts and dropped connections: try again shortly
 
-    async def show_status(self, job: Job, text: str, *, active: bool) -> str:
+    async def show_status(self, job: Job, text: str, *, active: bool, preview: bytes | None = None) -> str:
+        message_id = await self._show_text(job, text, active=active)
+        if preview is not None:
+            await self._show_preview(job, int(message_id), preview)
+        if not active:
+            self._previews.pop(job.id, None)  # the last preview stays in the chat, no longer edited
+        return message_id
+
+    async def _show_preview(self, job: Job, status_message_id: int, jpeg: bytes) -> None:
+        """One photo message under the status message, its image replaced by editMessageMedia."""
+        name = f"preview_{job.id}.jpg"
+        caption = fit(texts.preview_caption(job.id), TELEGRAM_CAPTION_CHARS)
+        known = self._previews.get(job.id)
+        if known is not None:
+            try:
+                await self._call(lambda: self.bot.edit_message_media(
+                    InputMediaPhoto(jpeg, caption=caption, filename=name), chat_id=int(job.chat_id),
+                    message_id=known))
+                return
+            except BadRequest:  # "not modified": this very image is already shown
+                return
+            except Undeliverable as err:
+                log.info("job #%d: cannot edit preview message %d (%s); posting a new one", job.id, known, err)
+        message = await self._call(lambda: self.bot.send_photo(
+            int(job.chat_id), photo=jpeg, filename=name, caption=caption,
+            reply_parameters=ReplyParameters(status_message_id, allow_sending_without_reply=True)))
+        self._previews[job.id] = message.message_id
+
+    async def _show_text(self, job: Job, text: str, *, active: bool) -> str:
         text = fit(text, TELEGRAM_MESSAGE_CHARS)
         markup = h.job_buttons(job.id, active=active)
         if job.status_message_id is not None:

@@ -105,6 +105,10 @@ def progress_text(job_id: int, segment: int, num_segments: int, step: int, num_s
             f"segment {segment + 1}/{num_segments}, step {step}/{num_steps}, ETA {minutes(eta_s)}")
 
 
+def preview_caption(job_id: int) -> str:
+    return f"Job #{job_id}: live preview (rough colours, from the step in progress)"
+
+
 def uploading_text(job_id: int, index: int, num_segments: int) -> str:
     return f"Job #{job_id}: uploading segment {index + 1}/{num_segments}..."
 
