@@ -26,6 +26,7 @@ from storage.models import Job
 from storage.queue import JobQueue
 
 from . import telegram_handlers as h
+from . import telegram_settings
 from storage.redact import add_secret
 
 from .config import BotConfig, TelegramConfig
@@ -39,6 +40,7 @@ COMMANDS = [
     BotCommand("story", "make a video story from a photo: /story a | b | c"),
     BotCommand("status", "your jobs, queue position and ETA"),
     BotCommand("cancel", "cancel your job: /cancel [job]"),
+    BotCommand("settings", "your defaults: quality, loop, colour match, chaining, seed"),
     BotCommand("help", "how to use the bot, limits and queue length"),
     BotCommand("queue", "the whole queue (admins)"),
     BotCommand("stats", "usage of the last 7 days (admins)"),
@@ -165,9 +167,11 @@ def build_application(config: TelegramConfig, bot_config: BotConfig, queue: JobQ
     app.add_handler(CommandHandler("cancel", h.cancel_command))
     app.add_handler(CommandHandler("queue", h.queue_command))
     app.add_handler(CommandHandler("stats", h.stats_command))
+    app.add_handler(CommandHandler("settings", telegram_settings.settings_command))
     app.add_handler(MessageHandler(photo_or_file & story_caption, h.story_from_caption))
     app.add_handler(MessageHandler(photo_or_file & ~story_caption, h.remember_photo))
     app.add_handler(CallbackQueryHandler(h.button, pattern=r"^(cancel|reroll):"))
+    app.add_handler(CallbackQueryHandler(telegram_settings.settings_button, pattern=telegram_settings.CALLBACK_PATTERN))
     app.add_error_handler(h.on_error)
     return app
 

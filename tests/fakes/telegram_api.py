@@ -347,6 +347,9 @@ class FakeTelegram:
     async def _m_getUpdates(self, params: dict, files: dict) -> web.Response:
         offset = int(params.get("offset") or 0)
         limit = int(params.get("limit") or 100)
+        # Like the Bot API: an offset confirms every earlier update, which is never returned again
+        # (a restarted bot, polling without an offset, must not see them twice).
+        self._updates = [u for u in self._updates if u["update_id"] >= offset]
         deadline = time.monotonic() + float(params.get("timeout") or 0)
         while True:
             ready = [u for u in self._updates if u["update_id"] >= offset][:limit]
