@@ -97,3 +97,31 @@ async def test_a_reroll_repeats_the_job_not_the_current_defaults(fake_telegram, 
     await fake.wait_for(lambda: len([s for s in fake.sent_to(CHAT, "sendMessage") if s.text.startswith("Queued")]) == 2,
                         what="the re-roll")
     assert "quality" not in (await queue.get_job(2)).settings
+
+
+async def test_discord_settings_buttons_persist_and_the_seed_option_wins(fake, queue, data_dir, bot_config):
+    async with running_bot(fake, queue, data_dir, bot_config):
+        asked = await fake.send_interaction(fake.slash("settings", 1001))
+        await fake.wait_for(lambda: fake.callbacks_for(asked))
+        shown = fake.callbacks_for(asked)[0]
+        assert shown.data["flags"] & 64  # only the user sees it
+        ids = [c["custom_id"] for row in shown.data["components"] for c in row["components"]]
+        assert ids == [f"svibot:set:1001:{k}" for k in ("quality", "loop", "color_match", "chaining", "seed")]
+        message_id = next(m.id for m in fake.messages.values() if m.token == asked["token"])
+    async with running_bot(fake, queue, data_dir, bot_config):  # a restart: the old buttons still work
+        for n, key in enumerate(("quality", "seed"), start=1):
+            press = await fake.send_interaction(fake.button_press(f"svibot:set:1001:{key}", 1001, message_id))
+            await fake.wait_for(lambda p=press: fake.callbacks_for(p))
+            assert fake.callbacks_for(press)[0].type == 7  # the settings message is redrawn in place
+        labels = [c["label"] for row in fake.callbacks_for(press)[0].data["components"] for c in row["components"]]
+        assert labels[0] == "Quality: quality" and labels[4].startswith("Seed: ") and labels[4] != "Seed: random"
+        stranger = await fake.send_interaction(fake.button_press("svibot:set:1001:quality", 2002, message_id))
+        await fake.wait_for(lambda: fake.callbacks_for(stranger))
+        assert "someone else" in fake.callbacks_for(stranger)[0].data["content"]
+
+        stored = await queue.user_settings("discord", "1001")
+        assert stored["quality"] == "quality" and isinstance(stored["seed"], int)
+        await reply_of(fake, await send_story(fake, "walk | run", image=photo_bytes()))
+        assert (await queue.get_job(1)).settings == {"quality": "quality", "seed": stored["seed"]}
+        await reply_of(fake, await send_story(fake, "walk", image=photo_bytes(), seed=7))  # the command wins
+        assert (await queue.get_job(2)).settings == {"quality": "quality", "seed": 7}
