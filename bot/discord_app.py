@@ -19,6 +19,7 @@ from storage.validate import check_photo_size
 from . import intake, texts
 from .access import AccessDenied, check_allowed
 from .config import BotConfig, DiscordConfig
+from .discord_settings import SettingButton, settings as settings_command
 from .discord_delivery import DEFAULT_UPLOAD_LIMIT, PLATFORM, DiscordDeliverer
 from .discord_views import CancelButton, RerollButton, StoryModal
 from .outbox import STATUS_REPLY_META, Outbox, OutboxConfig
@@ -53,7 +54,7 @@ class SviClient(discord.Client):
 
     async def setup_hook(self) -> None:
         # Buttons of status messages sent before a restart match these templates again.
-        self.add_dynamic_items(CancelButton, RerollButton)
+        self.add_dynamic_items(CancelButton, RerollButton, SettingButton)
         if self.config.guild_id is not None:
             guild = discord.Object(id=self.config.guild_id)
             self.tree.copy_global_to(guild=guild)
@@ -225,6 +226,7 @@ def build_tree(client: SviClient) -> app_commands.CommandTree:
     tree.add_command(app_commands.command(name="cancel")(cancel))
     tree.add_command(app_commands.command(name="queue")(queue_))
     tree.add_command(app_commands.command(name="stats")(stats))
+    tree.add_command(app_commands.command(name="settings")(settings_command))
     tree.add_command(app_commands.command(name="help")(help_))
     tree.add_command(app_commands.ContextMenu(name=CONTEXT_MENU_NAME, callback=story_from_message))
     tree.on_error = on_tree_error

@@ -6,6 +6,7 @@ webhook, whose token expires 15 minutes after the command while a story takes lo
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -69,17 +70,26 @@ class DiscordDeliverer:
             await self.queue.set_status_message(job.id, str(message.id))
             return str(message.id)
 
-    async def show_status(self, job: Job, text: str, *, active: bool) -> str:
+    def _preview_file(self, job: Job, jpeg: bytes) -> discord.File:
+        spoiler = spoiler_for(self.spoiler, bool(job.meta.get("nsfw")))
+        return discord.File(io.BytesIO(jpeg), filename=f"preview_{job.id}.jpg", spoiler=spoiler)
+
+    async def show_status(self, job: Job, text: str, *, active: bool, preview: bytes | None = None) -> str:
+        """A preview replaces the status message's attachment in the same edit (one request)."""
         text = fit(text, DISCORD_CONTENT_CHARS)
         current = await self.queue.get_job(job.id)
         if current.status_message_id is None:
             return await self.post_status(job, text, active=active)
         partial = self.channel(job).get_partial_message(int(current.status_message_id))
+        # `attachments` lists what the message keeps: the new preview only, so the last one goes.
+        files = {} if preview is None else {"attachments": [self._preview_file(job, preview)]}
         try:
-            await _call(lambda: partial.edit(content=text, view=status_view(job.id, active=active)))
+            await _call(lambda: partial.edit(content=text, view=status_view(job.id, active=active), **files))
         except Undeliverable:
             # The status message was deleted: post a fresh one so progress stays visible.
-            message = await _call(lambda: self.channel(job).send(text, view=status_view(job.id, active=active)))
+            extra = {} if preview is None else {"file": self._preview_file(job, preview)}
+            message = await _call(lambda: self.channel(job).send(
+                text, view=status_view(job.id, active=active), **extra))
             return str(message.id)
         return current.status_message_id
 

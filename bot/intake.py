@@ -16,7 +16,7 @@ from storage.models import ACTIVE_STATES, Job, NewJob
 from storage.queue import JobQueue
 from storage.validate import parse_prompts
 
-from . import access, texts
+from . import access, texts, user_settings
 from .config import BotConfig
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,8 @@ class StoryRequest:
     seed: int | None = None  # None: a random seed
     chat_ids: tuple[str, ...] = ()  # extra ids the chat allowlist may match (e.g. a Discord guild)
     meta: dict[str, Any] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)  # e.g. {"preset": "tiny"}
+    settings: dict[str, Any] = field(default_factory=dict)  # e.g. {"preset": "tiny"}; wins over the defaults
+    use_defaults: bool = True  # apply the user's /settings under `settings` and `seed` (not for a re-roll)
 
 
 @dataclass(frozen=True)
@@ -97,13 +98,19 @@ async def start_story(queue: JobQueue, config: BotConfig, request: StoryRequest)
     in the insert's transaction, the user's limits again. Nothing is queued on error."""
     prompts = await preflight(queue, config, platform=request.platform, user_id=request.user_id,
                               chat_id=request.chat_id, text=request.text, chat_ids=request.chat_ids)
-    seed = new_seed() if request.seed is None else request.seed
+    settings, seed = dict(request.settings), request.seed
+    if request.use_defaults:  # the user's /settings, under anything the command itself says
+        defaults, default_seed = user_settings.story_defaults(
+            await queue.user_settings(request.platform, request.user_id))
+        settings = {**defaults, **settings}
+        seed = default_seed if seed is None else seed
+    seed = new_seed() if seed is None else seed
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed is {seed}; it must be between 0 and {MAX_SEED}")
     try:
         job = await queue.enqueue(NewJob(
             platform=request.platform, chat_id=str(request.chat_id), user_id=str(request.user_id),
-            photo=request.photo, prompts=prompts, settings={**request.settings, "seed": seed},
+            photo=request.photo, prompts=prompts, settings={**settings, "seed": seed},
             meta=dict(request.meta),
         ), config.limits, access.quota_for(config, request.user_id))
     except QuotaExceeded as err:
@@ -154,7 +161,7 @@ async def reroll(queue: JobQueue, config: BotConfig, job_id: int, *, platform: s
     return await start_story(queue, config, StoryRequest(
         platform=old.platform, chat_id=str(chat_id), user_id=str(user_id), text=" | ".join(old.prompts),
         photo=photo, chat_ids=tuple(chat_ids),
-        meta={**old.meta, **(meta or {}), "reroll_of": old.id}, settings=settings,
+        meta={**old.meta, **(meta or {}), "reroll_of": old.id}, settings=settings, use_defaults=False,
     ))
 
 

@@ -8,6 +8,8 @@ stays pending, so it is sent at the next start.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import time
@@ -29,6 +31,10 @@ FINAL_KINDS = ("done", "failed", "cancelled")
 # Jobs whose adapter posts the status message itself (the "Queued" reply) carry this meta key;
 # the outbox then waits a little for that message id instead of posting a second status message.
 STATUS_REPLY_META = "status_reply"
+# Progress payload key of the step's live preview, a base64 JPEG strip (written by the worker when
+# SVIBOT_PREVIEW=on). Only the newest one of a job is shown: older ones are superseded unsent.
+PREVIEW_KEY = "preview_jpeg"
+MAX_PREVIEW_BYTES = 512 * 1024  # a strip is a few KB; anything far larger is not a preview
 
 
 class RetryLater(Exception):
@@ -51,10 +57,12 @@ class Deliverer(Protocol):
     def upload_limit(self, job: Job) -> int:
         """Largest file in bytes this job's chat accepts."""
 
-    async def show_status(self, job: Job, text: str, *, active: bool) -> str:
+    async def show_status(self, job: Job, text: str, *, active: bool, preview: bytes | None = None) -> str:
         """Edit the job's status message (post one if it has none). `active` keeps the Cancel button.
 
-        An unchanged text ("message is not modified") counts as success.
+        `preview` (JPEG bytes) replaces the job's live preview image shown with the status: the
+        status message's attachment, or one preview message edited in place. An unchanged text
+        ("message is not modified") counts as success.
         """
 
     async def send_video(self, job: Job, path: Path, caption: str) -> str:
@@ -188,7 +196,7 @@ class Outbox:
         if event.kind == "progress":
             text = texts.progress_text(job.id, int(p["segment"]), int(p["num_segments"]), int(p["step"]),
                                        int(p["num_steps"]), p.get("eta_s"))
-            return await self._status(job, text, wait=False)
+            return await self._status(job, text, wait=False, preview=_preview(event))
         if event.kind == "segment":
             index, n = int(p["index"]), int(p["num_segments"])
             await self._status(job, texts.uploading_text(job.id, index, n), wait=False, active=True)
@@ -233,12 +241,13 @@ class Outbox:
                 job, caption + "\n" + texts.too_big_text("This video", path.stat().st_size, limit))
         return await self.deliverer.send_video(job, fitted, caption)
 
-    async def _status(self, job: Job, text: str, *, wait: bool,
-                      active: bool | None = None) -> tuple[bool, str | None]:
+    async def _status(self, job: Job, text: str, *, wait: bool, active: bool | None = None,
+                      preview: bytes | None = None) -> tuple[bool, str | None]:
         """Show `text` as the job's status, within the per-chat edit rate.
 
         wait=False: if the chat was edited too recently, leave the event pending (a newer one
         will likely replace it). wait=True (final states): sleep until the edit is allowed.
+        A `preview` rides along with the edit, so previews are throttled with the status.
         """
         if self._shown.get(job.id) == text:
             return True, job.status_message_id
@@ -255,9 +264,27 @@ class Outbox:
             await asyncio.sleep(due)
         if active is None:
             active = job.state in ACTIVE_STATES
-        message_id = await self.deliverer.show_status(job, text, active=active)
+        extra = {} if preview is None else {"preview": preview}
+        message_id = await self.deliverer.show_status(job, text, active=active, **extra)
         self._last_edit[chat] = self._clock()
         self._shown[job.id] = text
         if message_id is not None and str(message_id) != (job.status_message_id or ""):
             await self.queue.set_status_message(job.id, str(message_id))
         return True, message_id
+
+
+def _preview(event: Event) -> bytes | None:
+    """The progress event's preview JPEG, or None (previews off, or a malformed payload: logged)."""
+    raw = event.payload.get(PREVIEW_KEY)
+    if not raw:
+        return None
+    try:
+        data = base64.b64decode(str(raw), validate=True)
+    except (binascii.Error, ValueError):
+        log.warning("event %d of job #%d has a malformed preview; showing the text only", event.id, event.job_id)
+        return None
+    if len(data) > MAX_PREVIEW_BYTES or not data.startswith(b"\xff\xd8"):  # JPEG's SOI marker
+        log.warning("event %d of job #%d has a preview that is not a small JPEG (%d bytes); showing the text only",
+                    event.id, event.job_id, len(data))
+        return None
+    return data

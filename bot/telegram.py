@@ -8,8 +8,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from telegram import BotCommand
-from telegram import Update
+from telegram import BotCommand, InputMediaPhoto, ReplyParameters, Update
 from telegram.error import BadRequest, ChatMigrated, Forbidden, InvalidToken, NetworkError, RetryAfter
 from telegram.ext import (
     Application,
@@ -27,10 +26,12 @@ from storage.models import Job
 from storage.queue import JobQueue
 
 from . import telegram_handlers as h
+from . import telegram_settings
 from storage.redact import add_secret
 
 from .config import BotConfig, TelegramConfig
 from .outbox import Outbox, OutboxConfig, RetryLater, Undeliverable
+from . import texts
 from .texts import TELEGRAM_CAPTION_CHARS, TELEGRAM_MESSAGE_CHARS, fit
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ COMMANDS = [
     BotCommand("story", "make a video story from a photo: /story a | b | c"),
     BotCommand("status", "your jobs, queue position and ETA"),
     BotCommand("cancel", "cancel your job: /cancel [job]"),
+    BotCommand("settings", "your defaults: quality, loop, colour match, chaining, seed"),
     BotCommand("help", "how to use the bot, limits and queue length"),
     BotCommand("queue", "the whole queue (admins)"),
     BotCommand("stats", "usage of the last 7 days (admins)"),
@@ -55,6 +57,9 @@ class TelegramDeliverer:
     def __init__(self, bot, config: TelegramConfig) -> None:
         self.bot = bot
         self.config = config
+        # job id -> its live preview message, edited in place. Kept in memory: after a restart a
+        # running job's next preview posts a fresh message.
+        self._previews: dict[int, int] = {}
 
     def upload_limit(self, job: Job) -> int:
         return self.config.upload_limit_bytes
@@ -76,7 +81,35 @@ class TelegramDeliverer:
                 raise Undeliverable(str(err)) from err
             raise RetryLater(2.0) from err  # timeouts and dropped connections: try again shortly
 
-    async def show_status(self, job: Job, text: str, *, active: bool) -> str:
+    async def show_status(self, job: Job, text: str, *, active: bool, preview: bytes | None = None) -> str:
+        message_id = await self._show_text(job, text, active=active)
+        if preview is not None:
+            await self._show_preview(job, int(message_id), preview)
+        if not active:
+            self._previews.pop(job.id, None)  # the last preview stays in the chat, no longer edited
+        return message_id
+
+    async def _show_preview(self, job: Job, status_message_id: int, jpeg: bytes) -> None:
+        """One photo message under the status message, its image replaced by editMessageMedia."""
+        name = f"preview_{job.id}.jpg"
+        caption = fit(texts.preview_caption(job.id), TELEGRAM_CAPTION_CHARS)
+        known = self._previews.get(job.id)
+        if known is not None:
+            try:
+                await self._call(lambda: self.bot.edit_message_media(
+                    InputMediaPhoto(jpeg, caption=caption, filename=name), chat_id=int(job.chat_id),
+                    message_id=known))
+                return
+            except BadRequest:  # "not modified": this very image is already shown
+                return
+            except Undeliverable as err:
+                log.info("job #%d: cannot edit preview message %d (%s); posting a new one", job.id, known, err)
+        message = await self._call(lambda: self.bot.send_photo(
+            int(job.chat_id), photo=jpeg, filename=name, caption=caption,
+            reply_parameters=ReplyParameters(status_message_id, allow_sending_without_reply=True)))
+        self._previews[job.id] = message.message_id
+
+    async def _show_text(self, job: Job, text: str, *, active: bool) -> str:
         text = fit(text, TELEGRAM_MESSAGE_CHARS)
         markup = h.job_buttons(job.id, active=active)
         if job.status_message_id is not None:
@@ -134,9 +167,11 @@ def build_application(config: TelegramConfig, bot_config: BotConfig, queue: JobQ
     app.add_handler(CommandHandler("cancel", h.cancel_command))
     app.add_handler(CommandHandler("queue", h.queue_command))
     app.add_handler(CommandHandler("stats", h.stats_command))
+    app.add_handler(CommandHandler("settings", telegram_settings.settings_command))
     app.add_handler(MessageHandler(photo_or_file & story_caption, h.story_from_caption))
     app.add_handler(MessageHandler(photo_or_file & ~story_caption, h.remember_photo))
     app.add_handler(CallbackQueryHandler(h.button, pattern=r"^(cancel|reroll):"))
+    app.add_handler(CallbackQueryHandler(telegram_settings.settings_button, pattern=telegram_settings.CALLBACK_PATTERN))
     app.add_error_handler(h.on_error)
     return app
 

@@ -105,6 +105,10 @@ def progress_text(job_id: int, segment: int, num_segments: int, step: int, num_s
             f"segment {segment + 1}/{num_segments}, step {step}/{num_steps}, ETA {minutes(eta_s)}")
 
 
+def preview_caption(job_id: int) -> str:
+    return f"Job #{job_id}: live preview (rough colours, from the step in progress)"
+
+
 def uploading_text(job_id: int, index: int, num_segments: int) -> str:
     return f"Job #{job_id}: uploading segment {index + 1}/{num_segments}..."
 
@@ -255,3 +259,35 @@ def other_chat_text(job_id: int, verb: str) -> str:
 def download_failed_text(attempts: int) -> str:
     return (f"I could not download your photo from Telegram ({attempts} tries). "
             "Please send it again in a minute.")
+
+
+# -- /settings -----------------------------------------------------------------------------------
+SETTING_NAMES = {"quality": "Quality", "loop": "Loop", "color_match": "Colour match", "chaining": "Chaining",
+                 "seed": "Seed"}
+NOT_YOUR_SETTINGS = "These buttons change someone else's settings. Send /settings for yours."
+
+
+def setting_value(key: str, value: object) -> str:
+    if key == "seed":
+        return "random" if value is None else str(value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def setting_button(key: str, value: object) -> str:
+    return f"{SETTING_NAMES[key]}: {setting_value(key, value)}"
+
+
+def settings_text(values: dict, command_prefix: str = "/") -> str:
+    lines = ["Your defaults for new stories (what you write in a story command wins):"]
+    lines += [f"  {setting_button(key, values[key])}" for key in SETTING_NAMES]
+    lines += ["Tap a button to change one. Quality: fast (4 steps) or quality (50 steps, much slower). "
+              "Loop: the video ends on the photo. Colour match anchor: later segments keep the photo's colours. "
+              "Chaining: svi-pro or last-frame.",
+              f"A fixed seed repeats a result: {command_prefix}settings seed 42, or {command_prefix}settings seed random."]
+    return "\n".join(lines)
+
+
+def setting_changed(key: str, value: object) -> str:
+    return f"{setting_button(key, value)}"

@@ -120,10 +120,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX refusals_time ON refusals (created_at)",
     ),
+    (
+        # 4: each chat user's story defaults (/settings), one JSON object per user.
+        """CREATE TABLE user_settings (
+            platform TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            settings TEXT NOT NULL DEFAULT '{}',
+            updated_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (platform, user_id)
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
-TABLES = ("jobs", "segments", "events", "workers", "blobs", "blob_chunks", "refusals")
+TABLES = ("jobs", "segments", "events", "workers", "blobs", "blob_chunks", "refusals", "user_settings")
 _LOCK_KEY = 0x5F1B07  # pg_advisory_xact_lock key held while migrating
 
 

@@ -20,6 +20,7 @@ from .retention import RetentionVerbs
 from .models import ACTIVE_STATES, PLATFORMS, Event, Job, NewJob, Segment
 from .schema import SCHEMA_VERSION
 from .usage import UsageVerbs
+from .user_settings import UserSettingsVerbs
 from .validate import check_photo, check_prompts
 from .workers import WorkerId, WorkerInfo, WorkerStatus
 
@@ -35,7 +36,7 @@ async def open_database(config: QueueConfig, photos_dir: Path, *, migrate: bool 
     return await SqliteDatabase.open(config.db_path, photos_dir, busy_timeout_s=config.busy_timeout_s)
 
 
-class JobQueue(LeaseVerbs, UsageVerbs, RetentionVerbs):
+class JobQueue(LeaseVerbs, UsageVerbs, RetentionVerbs, UserSettingsVerbs):
     """Verbs over the queue. Open with `await JobQueue.open(config, photos_dir)`."""
 
     def __init__(self, db: Database, config: QueueConfig, clock: Callable[[], float]) -> None:

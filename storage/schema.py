@@ -104,6 +104,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX IF NOT EXISTS refusals_time ON refusals (created_at)",
     ),
+    (
+        # 4: each chat user's story defaults (/settings), one JSON object per user.
+        """CREATE TABLE IF NOT EXISTS user_settings (
+            platform TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            settings TEXT NOT NULL DEFAULT '{}',
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (platform, user_id)
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -129,7 +139,8 @@ async def migrate(db: aiosqlite.Connection, path: Path) -> int:
             f"{path} has schema version {version}, newer than this svibot's {SCHEMA_VERSION}; upgrade svibot")
     if version == 0:
         cur = await db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
-        foreign = {r[0] for r in await cur.fetchall()} - {"jobs", "segments", "events", "workers", "refusals"}
+        foreign = {r[0] for r in await cur.fetchall()} - {"jobs", "segments", "events", "workers", "refusals",
+                                                                            "user_settings"}
         if foreign:
             raise CorruptDatabase(
                 f"{path} is an SQLite database of another program (tables {sorted(foreign)}); left untouched")

@@ -63,6 +63,7 @@ class Upload:
     filename: str
     data: bytes
     content_type: str | None
+    id: int = 0  # the attachment id Discord gives it, kept across edits
 
     @property
     def spoiler(self) -> bool:
@@ -79,6 +80,7 @@ class FakeMessage:
     uploads: list[Upload]
     components: list[dict[str, Any]]
     edits: list[dict[str, Any]] = field(default_factory=list)
+    history: list[Upload] = field(default_factory=list)  # every file ever attached, in order
     via: str = "channel"  # or "followup" / "original"
     token: str | None = None  # the interaction token for webhook messages
     allowed_mentions: dict[str, Any] | None = None  # as sent when the message was created
@@ -91,10 +93,10 @@ class FakeMessage:
             "edited_timestamp": _iso(time.time()) if self.edits else None, "tts": False,
             "mention_everyone": False, "mentions": [], "mention_roles": [], "pinned": False, "type": 0,
             "embeds": [], "components": self.components, "flags": 0,
-            "attachments": [{"id": str(self.id + i + 1), "filename": u.filename, "size": len(u.data),
-                             "url": f"{fake.http_base}/attachments/{self.id}/{u.filename}",
-                             "proxy_url": f"{fake.http_base}/attachments/{self.id}/{u.filename}",
-                             "content_type": u.content_type} for i, u in enumerate(self.uploads)],
+            "attachments": [{"id": str(u.id), "filename": u.filename, "size": len(u.data),
+                             "url": f"{fake.http_base}/attachments/{u.id}/{u.filename}",
+                             "proxy_url": f"{fake.http_base}/attachments/{u.id}/{u.filename}",
+                             "content_type": u.content_type} for u in self.uploads],
         }
 
 
@@ -374,7 +376,7 @@ class FakeDiscord:
         if request.content_type.startswith("multipart/"):
             form = await request.post()
             body = json.loads(form["payload_json"])  # type: ignore[arg-type]
-            uploads = [Upload(f.filename, f.file.read(), f.content_type)
+            uploads = [Upload(f.filename, f.file.read(), f.content_type, snowflake_at(time.time(), next(self._ids)))
                        for k, f in form.items() if k.startswith("files[")]
             return body, uploads
         if request.can_read_body:
@@ -401,6 +403,7 @@ class FakeDiscord:
             msg = FakeMessage(msg_id, channel_id, content, uploads, body.get("components") or [],
                               via=via, token=token, allowed_mentions=body.get("allowed_mentions"),
                               pinged=pings(content, body.get("allowed_mentions")))
+            msg.history.extend(uploads)
             self.messages[msg_id] = msg
             return _json(msg.payload(self))
         if request.method == "PATCH":
@@ -418,7 +421,13 @@ class FakeDiscord:
                 msg.content = body["content"] or ""
             if "components" in body:
                 msg.components = body["components"] or []
+            if "attachments" in body:
+                # Discord keeps only the existing attachments the edit lists (by id); new files come
+                # in the same list by their upload index. Leaving one out removes it.
+                keep = {str(a.get("id")) for a in body["attachments"] or []}
+                msg.uploads = [u for u in msg.uploads if str(u.id) in keep]
             msg.uploads.extend(uploads)
+            msg.history.extend(uploads)
             return _json(msg.payload(self))
         return _json({"message": "Method Not Allowed", "code": 0}, status=405)
 

@@ -5,16 +5,34 @@ It writes real (tiny, solid-colour) mp4 files, so what the bots upload can be de
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
+from PIL import Image
 
 from storage import DataDir, JobQueue
 from storage.models import Job
 from storage.queue import WorkerId
 
 FPS = 16
+PREVIEW_KEY = "preview_jpeg"  # as engine.worker writes it
+
+
+def preview_jpeg(segment: int, step: int, size: tuple[int, int] = (64, 16)) -> bytes:
+    """A small JPEG strip whose colour tells (segment, step) apart, like the worker's live previews."""
+    buf = io.BytesIO()
+    Image.new("RGB", size, ((segment * 90) % 256, (step * 60) % 256, 128)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def preview_colour(jpeg: bytes) -> tuple[int, int, int]:
+    """The mean colour of a preview (JPEG rounds, so compare with a tolerance)."""
+    image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    pixels = np.asarray(image, dtype=np.float64).reshape(-1, 3)  # (H*W, 3)
+    return tuple(int(round(v)) for v in pixels.mean(axis=0))
 
 
 def write_mp4(path: Path, num_frames: int, *, size: tuple[int, int] = (64, 64), shade: int = 0) -> Path:
@@ -40,12 +58,13 @@ class ScriptedWorker:
     """Claim a job, report progress, record each segment, then complete it, step by step."""
 
     def __init__(self, queue: JobQueue, data_dir: DataDir, *, frames_per_segment: int = 9,
-                 num_steps: int = 2, step_delay_s: float = 0.0) -> None:
+                 num_steps: int = 2, step_delay_s: float = 0.0, previews: bool = False) -> None:
         self.queue = queue
         self.data_dir = data_dir
         self.frames_per_segment = frames_per_segment
         self.num_steps = num_steps
         self.step_delay_s = step_delay_s
+        self.previews = previews  # each progress event carries a preview, as with SVIBOT_PREVIEW=on
         self.id = WorkerId.current()
 
     async def online(self) -> None:
@@ -58,9 +77,11 @@ class ScriptedWorker:
 
     async def progress(self, job: Job, segment: int) -> None:
         for step in range(1, self.num_steps + 1):
-            await self.queue.record_progress(job.id, self.id, {
-                "segment": segment, "num_segments": job.num_segments, "step": step,
-                "num_steps": self.num_steps, "eta_s": 5.0 * (job.num_segments - segment)})
+            payload = {"segment": segment, "num_segments": job.num_segments, "step": step,
+                       "num_steps": self.num_steps, "eta_s": 5.0 * (job.num_segments - segment)}
+            if self.previews:
+                payload[PREVIEW_KEY] = base64.b64encode(preview_jpeg(segment, step)).decode("ascii")
+            await self.queue.record_progress(job.id, self.id, payload)
             if self.step_delay_s:
                 await asyncio.sleep(self.step_delay_s)
 

@@ -20,6 +20,7 @@ from aiohttp import web
 BOT_USER = {"id": 4242, "is_bot": True, "first_name": "SVI", "username": "svibot_test"}
 TEXT_FIELDS = ("text", "caption")  # never JSON-decode these: a prompt "1" must stay a string
 MESSAGE_CHARS, CAPTION_CHARS, CALLBACK_ANSWER_CHARS = 4096, 1024, 200
+PHOTO_UPLOAD_BYTES = 10 * 1024 * 1024  # the Bot API's limit for photos sent as photos
 
 
 def utf16_len(text: str) -> int:
@@ -29,7 +30,7 @@ def utf16_len(text: str) -> int:
 
 @dataclass
 class Sent:
-    """One message the bot posted (sendMessage, sendVideo, sendDocument)."""
+    """One message the bot posted (sendMessage, sendPhoto, sendVideo, sendDocument)."""
 
     method: str
     chat_id: int
@@ -37,6 +38,17 @@ class Sent:
     text: str | None  # text of a sendMessage, caption of a media message
     data: bytes | None  # uploaded file content
     params: dict[str, Any]
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class MediaEdit:
+    """One editMessageMedia: the message's photo replaced by `data`."""
+
+    chat_id: int
+    message_id: int
+    data: bytes
+    caption: str | None
     at: float = field(default_factory=time.monotonic)
 
 
@@ -60,6 +72,8 @@ class FakeTelegram:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.sent: list[Sent] = []
         self.edits: list[Edit] = []
+        self.media_edits: list[MediaEdit] = []
+        self.photo_data: dict[tuple[int, int], bytes] = {}  # the photo each bot photo message shows now
         self.callback_answers: list[dict[str, Any]] = []
         self.rejected: list[tuple[str, int]] = []  # (method, http status) of injected or size errors
         self.messages: dict[tuple[int, int], dict[str, Any]] = {}  # every message, by (chat, id)
@@ -245,10 +259,13 @@ class FakeTelegram:
                         params[key] = json.loads(value)
                     except ValueError:
                         params[key] = value
-        # Uploads may come as "attach://<name>" pointing at another multipart field.
+        # Uploads may come as "attach://<name>" pointing at another multipart field, also inside
+        # an InputMedia object (editMessageMedia's `media`), where the file goes under "media".
         for key, value in list(params.items()):
             if isinstance(value, str) and value.startswith("attach://"):
                 files[key] = files.pop(value[len("attach://"):])
+            elif isinstance(value, dict) and str(value.get("media", "")).startswith("attach://"):
+                files[key] = files.pop(value["media"][len("attach://"):])
         return params, files
 
     async def _api(self, request: web.Request) -> web.Response:
@@ -292,6 +309,9 @@ class FakeTelegram:
         if method in ("sendVideo", "sendDocument", "sendPhoto") and utf16_len(str(params.get("caption") or "")) \
                 > CAPTION_CHARS:
             return "Bad Request: message caption is too long"
+        if method == "editMessageMedia" and isinstance(params.get("media"), dict) \
+                and utf16_len(str(params["media"].get("caption") or "")) > CAPTION_CHARS:
+            return "Bad Request: message caption is too long"
         if method == "answerCallbackQuery" and utf16_len(str(params.get("text") or "")) > CALLBACK_ANSWER_CHARS:
             return "Bad Request: MESSAGE_TOO_LONG"
         return None
@@ -327,6 +347,9 @@ class FakeTelegram:
     async def _m_getUpdates(self, params: dict, files: dict) -> web.Response:
         offset = int(params.get("offset") or 0)
         limit = int(params.get("limit") or 100)
+        # Like the Bot API: an offset confirms every earlier update, which is never returned again
+        # (a restarted bot, polling without an offset, must not see them twice).
+        self._updates = [u for u in self._updates if u["update_id"] >= offset]
         deadline = time.monotonic() + float(params.get("timeout") or 0)
         while True:
             ready = [u for u in self._updates if u["update_id"] >= offset][:limit]
@@ -390,6 +413,56 @@ class FakeTelegram:
         message = self._bot_message(chat_id, caption=params.get("caption"), **{kind: media})
         self.sent.append(Sent(method, chat_id, message["message_id"], params.get("caption"), data, params))
         return self._ok(message)
+
+    async def _m_sendPhoto(self, params: dict, files: dict) -> web.Response:
+        chat_id = int(params["chat_id"])
+        data = files.get("photo")
+        if data is None:
+            return self._error(400, "Bad Request: there is no photo in the request")
+        if len(data) > PHOTO_UPLOAD_BYTES:
+            self.rejected.append(("sendPhoto", 400))
+            return self._error(400, "Bad Request: PHOTO_INVALID_DIMENSIONS")
+        file_id = self.add_file(data)
+        message = self._bot_message(chat_id, caption=params.get("caption"), photo=self._photo_sizes(file_id))
+        self.sent.append(Sent("sendPhoto", chat_id, message["message_id"], params.get("caption"), data, params))
+        self.photo_data[(chat_id, message["message_id"])] = data
+        return self._ok(message)
+
+    async def _m_editMessageMedia(self, params: dict, files: dict) -> web.Response:
+        """Replace a media message's photo. Like the real API it refuses a message without media
+        (a text message cannot become a photo) and an unchanged file."""
+        chat_id, message_id = int(params["chat_id"]), int(params["message_id"])
+        message = self.messages.get((chat_id, message_id))
+        if message is None:
+            return self._error(400, "Bad Request: message to edit not found")
+        if not any(k in message for k in ("photo", "video", "document", "animation", "audio")):
+            return self._error(400, "Bad Request: there is no media in the message to edit")
+        media = params.get("media") or {}
+        if media.get("type") != "photo":
+            return self._error(400, f"Bad Request: unsupported media type {media.get('type')!r} here")
+        data = files.get("media")
+        if data is None:
+            file_id = str(media.get("media"))
+            if file_id not in self._files:
+                return self._error(400, "Bad Request: wrong file identifier/HTTP URL specified")
+            if message.get("photo", [{}])[-1].get("file_id") == file_id:
+                return self._error(400, "Bad Request: message is not modified: specified new message content "
+                                        "and reply markup are exactly the same as a current content")
+            data = self._files[file_id][0]
+        else:
+            file_id = self.add_file(data)
+        message.pop("video", None)
+        message.pop("document", None)
+        message["photo"] = self._photo_sizes(file_id)
+        message["caption"] = media.get("caption")
+        message["edit_date"] = int(time.time())
+        self.photo_data[(chat_id, message_id)] = data
+        self.media_edits.append(MediaEdit(chat_id, message_id, data, media.get("caption")))
+        return self._ok(message)
+
+    def _photo_sizes(self, file_id: str) -> list[dict[str, Any]]:
+        size = self._files[file_id][1]
+        return [{"file_id": file_id, "file_unique_id": f"u{file_id}", "width": 384, "height": 96, "file_size": size}]
 
     async def _m_sendVideo(self, params: dict, files: dict) -> web.Response:
         return await self._send_media("sendVideo", "video", params, files)
