@@ -44,7 +44,10 @@ class RetentionVerbs:
         lease at its next step and stops), with all their files."""
         rows = await self._db.fetchall(
             "SELECT id FROM jobs WHERE platform = ? AND user_id = ? ORDER BY id", platform, str(user_id))
-        return await self.delete_jobs([r[0] for r in rows])
+        deleted = await self.delete_jobs([r[0] for r in rows])
+        async with self._db.tx() as s:  # their story defaults are theirs too
+            await s.execute("DELETE FROM user_settings WHERE platform = ? AND user_id = ?", platform, str(user_id))
+        return deleted
 
     async def delete_jobs(self, job_ids: Iterable[int]) -> Deleted:
         job_ids = list(job_ids)

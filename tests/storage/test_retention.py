@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from storage import WorkerId
+from storage.user_settings import DEFAULTS
 
 from .conftest import new_job, png_bytes
 
@@ -82,7 +83,11 @@ async def test_forget_deletes_one_users_jobs_and_files_at_once(make_queue, data_
     their_files = files_under(data_dir.job_dir(theirs.id))
     their_photo = (await q.get_job(theirs.id)).photo_path
 
+    await q.set_user_setting("cli", "u1", "loop", True)
+    await q.set_user_setting("cli", "u2", "loop", True)
     gone = await q.forget_user("cli", "u1")
+    assert await q.user_settings("cli", "u1") == DEFAULTS  # their story defaults went with their jobs
+    assert (await q.user_settings("cli", "u2"))["loop"] is True  # another user's defaults stay
     assert sorted(gone.jobs) == [mine.id, mine_queued.id]
     for job in (mine, mine_queued):
         assert await rows(q, job.id) == (0, 0, 0)
