@@ -102,9 +102,13 @@ def place_models(models: Models, device: torch.device, config: EngineConfig | No
         vram, ram = (gib(config.vram_budget_gib), gib(config.ram_budget_gib)) if config else (None, None)
         models.plan = place_by_plan(models, device, vram_budget=vram, ram_budget=ram)
     else:
+        from .lora_linear import materialize_loras
+
         for name in ("transformer", "transformer_2", "vae", "text_encoder"):
             if not isinstance(getattr(models, name), LazyTextEncoder):
                 getattr(models, name).to(device)
+        for name in ("transformer", "transformer_2"):
+            materialize_loras(getattr(models, name))  # the mapped LoRA files are read here, once
     models.device = device
     if isinstance(models.text_encoder, LazyTextEncoder):
         models.text_encoder.experts_placed = True  # from now on it streams through the VRAM left free
