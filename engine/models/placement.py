@@ -66,12 +66,26 @@ def _prepare_block(dtype: torch.dtype):
     return prepare
 
 
-def place_by_plan(models, device: torch.device, vram_budget: int | None = None, ram_budget: int | None = None,
-                  settings=None):
-    """Plan and apply placement for a loaded `Models`: experts block by block, the VAE resident.
+def _anonymous_host_bytes(modules) -> int:
+    """Bytes these modules hold in host memory that is not a mapped file (it moves out when placed)."""
+    from ..memory.host import file_mappings
 
-    Budgets default to what the machine has: free VRAM now, and available RAM plus what the
-    models loaded on the host hold (they move out of it). Returns the `Plan`; its lines are logged.
+    spans = file_mappings()
+    total = 0
+    for m in modules:
+        for t in list(m.parameters()) + list(m.buffers()):
+            if t.device.type == "cpu" and not any(a <= t.data_ptr() < b for a, b in spans):
+                total += _tensor_bytes(t)
+    return total
+
+
+def plan_models(models, device: torch.device, vram_budget: int | None = None, ram_budget: int | None = None,
+                settings=None):
+    """The memory plan for a loaded `Models`, without moving anything.
+
+    Budgets default to what the machine has: free VRAM now, and available RAM plus the anonymous
+    host memory the loaded models hold (it moves out of the host when placed; mapped files do not
+    count, their pages are not the process's to give back).
     """
     s = settings or GenerationSettings()
     cfg = models.transformer.config
@@ -79,7 +93,6 @@ def place_by_plan(models, device: torch.device, vram_budget: int | None = None, 
     te_bytes = models.text_encoder.nbytes if lazy else module_bytes(models.text_encoder)
     parts = (models.transformer, models.transformer_2, models.vae) + (() if lazy else (models.text_encoder,))
     free_vram, free_ram = default_budgets(device)
-    on_host = sum(module_bytes(m) for m in parts if next(m.parameters()).device.type == "cpu")
     tokens = s.num_latent_frames * (s.height // 16) * (s.width // 16)  # after the 1x2x2 patching
     itemsize = models.dtype.itemsize
     needs = MemoryNeeds(
@@ -93,9 +106,21 @@ def place_by_plan(models, device: torch.device, vram_budget: int | None = None, 
                                              itemsize),
     )
     plan = plan_placement(needs, free_vram if vram_budget is None else vram_budget,
-                          free_ram + on_host if ram_budget is None else ram_budget)
+                          free_ram + _anonymous_host_bytes(parts) if ram_budget is None else ram_budget)
     if lazy:
         plan = replace(plan, needs=replace(plan.needs, text_encoder_bytes=te_bytes), text_encoder="file")
+    return plan
+
+
+def place_by_plan(models, device: torch.device, vram_budget: int | None = None, ram_budget: int | None = None,
+                  settings=None):
+    """Plan and apply placement for a loaded `Models`: experts block by block, the VAE resident.
+
+    Returns the `Plan`; its lines are logged, and a warning when blocks must be read from disk.
+    """
+    plan = plan_models(models, device, vram_budget, ram_budget, settings)
+    needs = plan.needs
+    lazy = isinstance(models.text_encoder, LazyTextEncoder)
     log = logging.getLogger(__name__)
     log.info("memory plan:\n%s", format_plan(plan))
     if plan.bytes_at("disk"):
