@@ -27,8 +27,9 @@ def _set_precision(model: torch.nn.Module, dtype: torch.dtype) -> None:
                 continue
             target = torch.float32 if keep.intersection(f"{name}.{pname}".split(".")) else dtype
             module._parameters[pname] = torch.nn.Parameter(p.data.to(target), requires_grad=False)
-        for bname, b in list(module._buffers.items()):
-            if b is not None and b.is_floating_point() and bname not in ("lora_scale", "lora_bias_scale"):
+        for bname in ("lora_down", "lora_up", "lora_bias"):  # other buffers (RoPE) stay as the engine has them
+            b = module._buffers.get(bname)
+            if b is not None:
                 module._buffers[bname] = b.to(dtype)
 
 

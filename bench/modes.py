@@ -84,7 +84,7 @@ def _reload_experts(models, config, preset, models_dir: Path, dtype, forward_log
 
 
 def run_mode(mode: str, models_dir: Path, preset, settings, transformer_cfg: dict, seq_len: int, out: Path,
-             photo: Path, check_lora: bool = True) -> dict:
+             photo: Path, t4_budgets: tuple[float, float] = (T4_VRAM_GIB, T4_RAM_GIB), check_lora: bool = True) -> dict:
     from engine.config import LoraStrengths
     from engine.memory.planner import format_plan
     from engine.models.config import EngineConfig
@@ -105,8 +105,9 @@ def run_mode(mode: str, models_dir: Path, preset, settings, transformer_cfg: dic
         result["vram_limit_gib"] = T4_VRAM_GIB
     t4 = mode == "t4"
     config = EngineConfig(preset=preset.name, models_dir=models_dir, device=str(device), dtype=dtype_name,
-                          lora_strengths=LoraStrengths(**FAST), vram_budget_gib=T4_VRAM_GIB if t4 else None,
-                          ram_budget_gib=T4_RAM_GIB if t4 else None)
+                          lora_strengths=LoraStrengths(**FAST), vram_budget_gib=t4_budgets[0] if t4 else None,
+                          ram_budget_gib=t4_budgets[1] if t4 else None)
+    result["planner_budgets_gib"] = list(t4_budgets) if t4 else None
 
     # 1. Cold start: page cache dropped, then the real loader (mapped experts, LoRAs attached, lazy encoder)
     result["page_cache"] = drop_page_cache(models_dir)

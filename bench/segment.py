@@ -42,6 +42,9 @@ SIZES = {
                            seq_len=32, vae_config="tiny", settings=dict(num_frames=13, height=64, width=112)),
 }
 PHOTO = ROOT / "examples" / "chelsea.jpg"
+# The planner's budgets in the t4 mode. At smoke size (4 layers) 15 + 11 GiB hold everything, so tighter
+# ones put blocks in VRAM, pinned RAM and on disk alike and exercise every path; the cap stays 15 GiB.
+T4_BUDGETS = {"full": (15.0, 11.0), "smoke": (6.2, 2.9), "dry": (15.0, 11.0)}
 
 
 # ---- the preset the benchmark loads ------------------------------------------------------------
@@ -228,7 +231,7 @@ def main() -> None:
 
         preset = bench_preset(args.preset, size, files)
         run_mode(args.mode, files, preset, story_settings(size), transformer_config(size), SIZES[size].seq_len,
-                 args.out / f"{args.mode}_{args.preset}.json", PHOTO)
+                 args.out / f"{args.mode}_{args.preset}.json", PHOTO, t4_budgets=T4_BUDGETS[size])
         return
     if not args.report_only and not (files / "written.json").exists():
         files.mkdir(parents=True, exist_ok=True)

@@ -116,6 +116,7 @@ class BlockStreamer:
                 page_out(old, spans)  # a mapped file's pages leave the process as each block moves
                 continue
             host = _tensors_of(block)
+            loaded = [t for _, _, t in host]  # as loaded: views of a mapped file where they came from one
             file_idx = tuple(k for k, (_, _, t) in enumerate(host) if _in_spans(t, spans)) if where == "disk" else ()
             keep = [k for k in range(len(host)) if k not in file_idx]  # everything a RAM block holds
             if self.cuda and keep:
@@ -124,7 +125,7 @@ class BlockStreamer:
                 for k, (mod, name, t) in zip(keep, pinned):  # point the module at the pinned copy; the old one is freed
                     _set(mod, name, t)
                     host[k] = (mod, name, t)
-            page_out([t for _, _, t in _tensors_of(block)], spans)  # loaded pages go; disk blocks re-read per use
+            page_out(loaded, spans)  # the loaded pages leave the process; a disk block re-reads its file per use
             file_nbytes = sum(_nbytes(host[k][2]) for k in file_idx)
             nbytes = sum(_nbytes(t) for _, _, t in host)
             self.slots[i] = _Slot(block=block, source=where, host=host, nbytes=nbytes, file_idx=file_idx,
