@@ -120,7 +120,7 @@ def run_mode(mode: str, models_dir: Path, preset, settings, transformer_cfg: dic
     place_s: list[float] = []
     experts = []
     if mode == "reload":
-        models.place_pending = None
+        models.place_pending = lambda: setattr(sampler, "phase", "segment 0")  # nothing to place: loads per use
         models.vae.to(device)
         experts = _reload_experts(models, config, preset, models_dir, models.dtype, forward_log)
         models.transformer, models.transformer_2 = experts
@@ -174,7 +174,7 @@ def run_mode(mode: str, models_dir: Path, preset, settings, transformer_cfg: dic
                           pcie=sum(st.stats.ram_bytes + st.stats.disk_bytes for st in streamers),
                           loaded=sum(e.loaded_bytes for e in experts), load_s=sum(e.load_s for e in experts),
                           rss=status_bytes("VmRSS")))
-        encodes.append(pool.submit(timed_write, seg.frames, out.parent / f"{mode}_segment{seg.index}.mp4"))
+        encodes.append(pool.submit(timed_write, seg.frames, models_dir / f"{mode}_segment{seg.index}.mp4"))
         sampler.phase = f"after segment {seg.index}"
         if seg.index == 0:
             sampler.marked = True  # from here on the process is in its steady state

@@ -85,15 +85,31 @@ def write_configs(models_dir: Path, size: str) -> None:
     (models_dir / "configs" / "vae" / "config.json").write_text(json.dumps(vae))
 
 
-def write_files(models_dir: Path, size: str, preset_name: str) -> dict:
-    from bench.model_files import write_models_dir
+def write_files(models_dir: Path, size: str, preset_name: str, share_from: Path | None = None) -> dict:
+    """The preset's random files; with `share_from`, only the experts are written and the other repos
+    (VAE, text encoder, LoRAs: the same for every preset) are linked from that models dir."""
+    from bench.gguf_random import write_random_expert
+    from bench.model_files import snapshot_path, write_models_dir
     from engine.models.presets import get_preset
 
     write_configs(models_dir, size)
     preset = get_preset(preset_name)
     layout = preset_name if preset_name in ("q3_k_m", "q4_k_m") else "q4_k_m"
-    return write_models_dir(models_dir, preset.files, transformer_config(size), SIZES[size].umt5, SIZES[size].seq_len,
-                            models_dir / "configs", layout, log=lambda s: print(s, flush=True))
+    if share_from is None:
+        return write_models_dir(models_dir, preset.files, transformer_config(size), SIZES[size].umt5,
+                                SIZES[size].seq_len, models_dir / "configs", layout, log=lambda s: print(s, flush=True))
+    f = preset.files
+    for repo in {f.vae_repo, f.text_encoder_repo, f.tokenizer_repo, f.svi_high_repo, f.svi_low_repo,
+                 f.lightx2v_high_repo, f.lightx2v_low_repo} - {f.high_repo, f.low_repo}:
+        name = "models--" + repo.replace("/", "--")
+        (models_dir / name).symlink_to(Path(share_from).resolve() / name)
+    written = {}
+    for part, seed in (("high", 1), ("low", 2)):
+        path = snapshot_path(models_dir, getattr(f, f"{part}_repo"), getattr(f, f"{part}_file"))
+        t = time.perf_counter()
+        written[part] = write_random_expert(path, transformer_config(size), seed, layout) / 1e9
+        print(f"wrote {part}: {written[part]:.2f} GB in {time.perf_counter() - t:.1f} s", flush=True)
+    return written
 
 
 # ---- the floor --------------------------------------------------------------------------------
@@ -212,6 +228,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--size", choices=["full", "smoke"], default="full", help="smoke: 4 layers, for a quick GPU check")
     ap.add_argument("--report-only", action="store_true", help="only rebuild latest.json and the table from --out")
+    ap.add_argument("--share-from", type=Path, help="models dir whose VAE, text encoder and LoRAs to link")
     ap.add_argument("--mode", help=argparse.SUPPRESS)  # child process: one mode
     args = ap.parse_args()
     size = "dry" if args.dry_run else args.size
@@ -235,7 +252,7 @@ def main() -> None:
         return
     if not args.report_only and not (files / "written.json").exists():
         files.mkdir(parents=True, exist_ok=True)
-        written = write_files(files, size, args.preset)
+        written = write_files(files, size, args.preset, args.share_from)
         (files / "written.json").write_text(json.dumps(written))
     for mode in filter(None, [] if args.report_only else args.modes.split(",")):
         t = time.perf_counter()
