@@ -193,7 +193,9 @@ def table(results: dict) -> str:
     rows = ["| mode | preset | s/segment | x floor | peak VRAM GiB | peak RSS GiB total (anon) | disk B/steady segment "
             "(counted / proc) | forwards | waits | VAE | other | cold start to segment 1 s |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key, r in results["modes"].items():
+    order = {"t4": 0, "big": 1, "reload": 2}
+    rows_in = sorted(results["modes"].values(), key=lambda r: (r["preset"] != results.get("preset"), order.get(r["mode"], 3)))
+    for r in rows_in:
         b = r["breakdown"]
         proc = r.get("disk_read_bytes_per_segment_proc")
         rows.append(
