@@ -54,8 +54,10 @@ class MemoryNeeds:
     # Peak workspace of one transformer step beside its weights: hidden states, q/k/v, the FFN's
     # inner activation (~4.2 GiB at 32,760 tokens in fp16).
     activation_bytes: int
-    # The process's own host memory: CUDA context, Python, latents, frames and the mp4 writer.
-    host_reserve_bytes: int = 2 * GIB
+    # The process's own host memory: CUDA context, Python, latents, frames and the mp4 writer. Measured
+    # beside the weights on an H200 (bench/README.md): 1.6 GiB anonymous and 0.5 GiB of mapped pages,
+    # growing by each finished segment's frames; 2 GiB let a plan that fills RAM end 0.9 GiB over it.
+    host_reserve_bytes: int = int(2.5 * GIB)
     vae_activation_bytes: int = 0  # peak of a VAE decode; it runs when no block is streamed
     dequant_bytes: int = 0  # temporaries of dequantizing the largest quantized linear (W + LoRA delta in place)
 
