@@ -54,7 +54,7 @@ class ReloadingExpert:
         return out
 
 
-def _reload_experts(models, config, preset, models_dir: Path, dtype, forward_log):
+def _reload_experts(models, settings, preset, models_dir: Path, dtype, forward_log):
     from engine.models.download import local_preset_files
     from engine.models.loading import load_expert_gguf
     from engine.models.lora import expert_strengths, load_lora, read_lora_file
@@ -63,7 +63,7 @@ def _reload_experts(models, config, preset, models_dir: Path, dtype, forward_log
 
     paths = local_preset_files(preset.files, models_dir)
     configs = preset.config_dir or wan22_config_dir()
-    weights = expert_strengths(config.lora_strengths)
+    weights = expert_strengths(settings.lora_strengths)
     experts = []
 
     def loader(name, part, loras):
@@ -85,7 +85,6 @@ def _reload_experts(models, config, preset, models_dir: Path, dtype, forward_log
 
 def run_mode(mode: str, models_dir: Path, preset, settings, transformer_cfg: dict, seq_len: int, out: Path,
              photo: Path, t4_budgets: tuple[float, float] = (T4_VRAM_GIB, T4_RAM_GIB), check_lora: bool = True) -> dict:
-    from engine.config import LoraStrengths
     from engine.memory.planner import format_plan
     from engine.models.config import EngineConfig
     from engine.models.loading import load_models
@@ -105,8 +104,9 @@ def run_mode(mode: str, models_dir: Path, preset, settings, transformer_cfg: dic
         result["vram_limit_gib"] = T4_VRAM_GIB
     t4 = mode == "t4"
     config = EngineConfig(preset=preset.name, models_dir=models_dir, device=str(device), dtype=dtype_name,
-                          lora_strengths=LoraStrengths(**FAST), vram_budget_gib=t4_budgets[0] if t4 else None,
-                          ram_budget_gib=t4_budgets[1] if t4 else None)
+                          vram_budget_gib=t4_budgets[0] if t4 else None, ram_budget_gib=t4_budgets[1] if t4 else None)
+    # each job weights the LoRAs for its recipe; the story runs the fast one
+    assert {k: getattr(settings, k) for k in FAST} == FAST, settings
     result["planner_budgets_gib"] = list(t4_budgets) if t4 else None
 
     # 1. Cold start: page cache dropped, then the real loader (mapped experts, LoRAs attached, lazy encoder)
@@ -122,7 +122,7 @@ def run_mode(mode: str, models_dir: Path, preset, settings, transformer_cfg: dic
     if mode == "reload":
         models.place_pending = lambda: setattr(sampler, "phase", "segment 0")  # nothing to place: loads per use
         models.vae.to(device)
-        experts = _reload_experts(models, config, preset, models_dir, models.dtype, forward_log)
+        experts = _reload_experts(models, settings, preset, models_dir, models.dtype, forward_log)
         models.transformer, models.transformer_2 = experts
     else:
         for m in (models.transformer, models.transformer_2):
