@@ -323,6 +323,9 @@ async def cmd_download(cfg: AppConfig, args: argparse.Namespace) -> int:
           f"{cfg.data_dir.models}", file=sys.stderr)
     for part, repo, target in files.items():
         print(f"  {part:<14} {preset.sizes.get(part, 0) / 1e9:6.2f} GB  {repo}/{target}", file=sys.stderr)
+    report = _fit_report(cfg, preset)
+    if report:
+        print(report, file=sys.stderr)
     if args.dry_run:
         return EXIT_OK
     paths = await asyncio.to_thread(download_preset, preset, cfg.data_dir.models,
@@ -331,6 +334,18 @@ async def cmd_download(cfg: AppConfig, args: argparse.Namespace) -> int:
     for part, path in paths.items():
         print(f"{part}: {path}")
     return EXIT_OK
+
+
+def _fit_report(cfg: AppConfig, preset) -> str | None:
+    """Whether the preset fits this machine's (or the given) budgets without disk reads, and what does."""
+    import torch
+
+    from engine.models.fit import budgets, fit_report
+
+    e = cfg.engine
+    if not torch.cuda.is_available() and (e.vram_budget_gib is None or e.ram_budget_gib is None):
+        return None  # no GPU and no budgets given: nothing to measure against
+    return fit_report(preset, *budgets(e.vram_budget_gib, e.ram_budget_gib), use_loras=e.use_loras)
 
 
 async def cmd_story(cfg: AppConfig, args: argparse.Namespace) -> int:

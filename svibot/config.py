@@ -123,15 +123,18 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> AppConfig:
     files += getattr(args, "model_file", None) or []
     vram = getattr(args, "vram_budget", None)
     ram = getattr(args, "ram_budget", None)
+    vram = vram if vram is not None else _number(env, "SVIBOT_VRAM_BUDGET", float, None)
+    ram = ram if ram is not None else _number(env, "SVIBOT_RAM_BUDGET", float, None)
     engine = EngineConfig(
-        preset=getattr(args, "preset", None) or env.get("SVIBOT_PRESET") or default_preset(),
+        # the default is the largest preset up to q4_k_m that fits these budgets (LoRAs counted)
+        preset=getattr(args, "preset", None) or env.get("SVIBOT_PRESET") or default_preset(vram, ram),
         models_dir=data_dir.models,
         cache_dir=data_dir.cache,
         device=env.get("SVIBOT_DEVICE") or None,
         dtype=env.get("SVIBOT_DTYPE") or None,
         file_overrides=_file_overrides(files),
-        vram_budget_gib=vram if vram is not None else _number(env, "SVIBOT_VRAM_BUDGET", float, None),
-        ram_budget_gib=ram if ram is not None else _number(env, "SVIBOT_RAM_BUDGET", float, None),
+        vram_budget_gib=vram,
+        ram_budget_gib=ram,
     )
     worker = WorkerConfig(
         data_dir=data_dir,

@@ -1,4 +1,4 @@
-"""Host memory of the weights: read GGUF files as mapped views, drop placed pages, trim the heap.
+"""Host memory of the weights: read GGUF and safetensors files as mapped views, drop placed pages, trim the heap.
 
 These keep the process's RAM to the pinned blocks the planner chose, during loading too.
 """
@@ -28,6 +28,43 @@ def read_gguf_mapped(path) -> dict[str, torch.Tensor]:
         for t in reader.tensors:
             data = torch.from_numpy(t.data)
             out[t.name] = data if t.tensor_type in plain else GGUFParameter(data, quant_type=t.tensor_type)
+    return out
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def read_safetensors_mapped(path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors as views of a copy-on-write mapping; nothing is read until used.
+
+    `safetensors.torch.load_file` copies every tensor into anonymous memory; these views stay
+    file-backed, so the LoRA factors cost no RAM until placement copies them where they run.
+    """
+    import json
+    import mmap
+    import struct
+
+    with open(path, "rb") as f:
+        header_len = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(header_len))
+        size = f.seek(0, 2)
+        # ACCESS_COPY: an in-place op on a view makes a private page instead of writing the file
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+    base = 8 + header_len
+    raw = torch.frombuffer(mapped, dtype=torch.uint8) if mapped is not None else torch.empty(0, dtype=torch.uint8)
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}, not one of {sorted(_SAFETENSORS_DTYPES)}")
+        start, end = info["data_offsets"]
+        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+        out[name] = raw[base + start : base + end].view(dtype).reshape(info["shape"])
     return out
 
 

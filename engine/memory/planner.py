@@ -19,13 +19,29 @@ class PlacementError(ValueError):
     """The budgets cannot hold the models, even with every block streamed from disk."""
 
 
+STREAM_BUFFERS = 3  # VRAM copies of streamed blocks alive at once: in use, the one before still running, the prefetch
+STAGING_BUFFERS = 2  # pinned host buffers that file-read blocks pass through (one filling, one copying)
+
+
 @dataclass(frozen=True)
 class ExpertSizes:
-    """Byte sizes of one transformer expert as it sits in memory."""
+    """Byte sizes of one transformer expert as it sits in memory, LoRAs included."""
 
     name: str  # "transformer" (high noise) or "transformer_2" (low noise)
-    block_bytes: tuple[int, ...]  # one entry per block of `model.blocks`
+    block_bytes: tuple[int, ...]  # one entry per block of `model.blocks`: everything the block holds
     other_bytes: int  # embeddings, head, norms: small and used every step, so always resident
+    # Of each block, the bytes a mapped file holds (the quantized weights), which a block left on
+    # disk reads every forward; the rest (LoRA factors, small tensors cast on load) stays in pinned
+    # RAM even then. None: all of it.
+    block_file_bytes: tuple[int, ...] | None = None
+    lora_bytes: int = 0  # of the above, LoRA factors (for the plan's display)
+
+    def file_bytes(self, i: int) -> int:
+        return self.block_bytes[i] if self.block_file_bytes is None else self.block_file_bytes[i]
+
+    def resident_bytes(self, i: int) -> int:
+        """What block i keeps in RAM when its file part is read from disk."""
+        return self.block_bytes[i] - self.file_bytes(i)
 
 
 @dataclass(frozen=True)
@@ -35,11 +51,15 @@ class MemoryNeeds:
     experts: tuple[ExpertSizes, ...]
     vae_bytes: int
     text_encoder_bytes: int
-    # Peak workspace of the largest single step: a transformer forward at 32,760 tokens or a
-    # VAE decode of 81 frames, whichever is larger (~4-5 GiB at 480x832 in fp16).
+    # Peak workspace of one transformer step beside its weights: hidden states, q/k/v, the FFN's
+    # inner activation (~4.2 GiB at 32,760 tokens in fp16).
     activation_bytes: int
-    # The process's own host memory: CUDA context, Python, latents, frames and the mp4 writer.
-    host_reserve_bytes: int = 2 * GIB
+    # The process's own host memory: CUDA context, Python, latents, frames and the mp4 writer. Measured
+    # beside the weights on an H200 (bench/README.md): 1.6 GiB anonymous and 0.5 GiB of mapped pages,
+    # growing by each finished segment's frames; 2 GiB let a plan that fills RAM end 0.9 GiB over it.
+    host_reserve_bytes: int = int(2.5 * GIB)
+    vae_activation_bytes: int = 0  # peak of a VAE decode; it runs when no block is streamed
+    dequant_bytes: int = 0  # temporaries of dequantizing the largest quantized linear (W + LoRA delta in place)
 
 
 @dataclass(frozen=True)
@@ -51,7 +71,8 @@ class Plan:
     needs: MemoryNeeds
     vram_budget: int
     ram_budget: int
-    stream_buffer_bytes: int  # VRAM for the block in use plus the one being prefetched
+    stream_buffer_bytes: int  # VRAM for streamed block copies alive at once (STREAM_BUFFERS of the largest)
+    staging_bytes: int = 0  # pinned RAM that blocks read from the file pass through
 
     def locations(self, expert: str) -> tuple[Location, ...]:
         for name, locs in self.blocks:
@@ -59,27 +80,45 @@ class Plan:
                 return locs
         raise KeyError(f"no expert named {expert!r} in the plan; have {[n for n, _ in self.blocks]}")
 
+    def _sum(self, where: Location, part) -> int:
+        return sum(part(e, i) for e, (_, locs) in zip(self.needs.experts, self.blocks)
+                   for i, loc in enumerate(locs) if loc == where)
+
     def bytes_at(self, where: Location) -> int:
-        total = 0
-        for expert, (_, locs) in zip(self.needs.experts, self.blocks):
-            total += sum(b for b, loc in zip(expert.block_bytes, locs) if loc == where)
-        return total
+        return self._sum(where, lambda e, i: e.block_bytes[i])
+
+    @property
+    def disk_resident_bytes(self) -> int:
+        """RAM held by blocks on disk: their LoRA factors and other parts the file does not hold."""
+        return self._sum("disk", lambda e, i: e.resident_bytes(i))
+
+    @property
+    def workspace_bytes(self) -> int:
+        """Peak VRAM beside the resident weights: a transformer step or a VAE decode, whichever is larger."""
+        n = self.needs
+        return max(n.activation_bytes + n.dequant_bytes + self.stream_buffer_bytes, n.vae_activation_bytes)
 
     @property
     def vram_bytes(self) -> int:
-        """VRAM the experts and VAE hold while stories run, activations and stream buffers included."""
+        """VRAM the experts and VAE hold while stories run, the workspace included."""
         n = self.needs
         others = sum(e.other_bytes for e in n.experts)
-        return self.bytes_at("vram") + others + n.vae_bytes + n.activation_bytes + self.stream_buffer_bytes
+        return self.bytes_at("vram") + others + n.vae_bytes + self.workspace_bytes
 
     @property
     def ram_bytes(self) -> int:
-        return self.bytes_at("ram") + self.needs.host_reserve_bytes
+        return (self.bytes_at("ram") + self.disk_resident_bytes + self.staging_bytes
+                + self.needs.host_reserve_bytes)
 
     def streamed_bytes_per_forward(self, expert: str) -> int:
         """Bytes copied host->device by one forward of `expert` (its non-resident blocks)."""
         sizes = next(e for e in self.needs.experts if e.name == expert)
         return sum(b for b, loc in zip(sizes.block_bytes, self.locations(expert)) if loc != "vram")
+
+    def disk_bytes_per_forward(self, expert: str) -> int:
+        """Bytes read from the expert's file by one forward (its blocks on disk, file part only)."""
+        sizes = next(e for e in self.needs.experts if e.name == expert)
+        return sum(sizes.file_bytes(i) for i, loc in enumerate(self.locations(expert)) if loc == "disk")
 
 
 def module_bytes(module: torch.nn.Module) -> int:
@@ -94,16 +133,19 @@ def expert_sizes(name: str, model: torch.nn.Module) -> ExpertSizes:
     return ExpertSizes(name=name, block_bytes=blocks, other_bytes=module_bytes(model) - sum(blocks))
 
 
-def estimate_activation_bytes(num_tokens: int, dim: int, ffn_dim: int, height: int, width: int, itemsize: int) -> int:
-    """Peak workspace of one step: a transformer block or a VAE decode, whichever is larger.
+def estimate_activation_bytes(num_tokens: int, dim: int, ffn_dim: int, itemsize: int) -> int:
+    """Peak activations of one transformer block: hidden states, q/k/v and the FFN inner activation twice."""
+    return num_tokens * (8 * dim + 2 * ffn_dim) * itemsize
 
-    A block holds the hidden states, q/k/v, the FFN's inner activation twice (before and after
-    GELU) and one dequantized FFN weight; the VAE decode peak was 4.8 GiB at 480x832 in bf16
-    on the H100 and scales with the frame area.
-    """
-    block = (num_tokens * (8 * dim + 2 * ffn_dim) + dim * ffn_dim) * itemsize
-    vae = int(4.8 * GIB * (height * width) / (480 * 832) * itemsize / 2)
-    return max(block, vae)
+
+def estimate_vae_decode_bytes(height: int, width: int, itemsize: int) -> int:
+    """The Wan VAE decode of 81 frames peaked at 4.8 GiB at 480x832 in bf16 (H100); it scales with the area."""
+    return int(4.8 * GIB * (height * width) / (480 * 832) * itemsize / 2)
+
+
+def estimate_dequant_bytes(largest_numel: int, itemsize: int) -> int:
+    """diffusers dequantizes K-quants in fp16 through ~6 bytes per value of temporaries, then casts."""
+    return largest_numel * (6 + (0 if itemsize == 2 else itemsize))
 
 
 def default_budgets(device: torch.device | str | None = None) -> tuple[int, int]:
@@ -117,11 +159,15 @@ def default_budgets(device: torch.device | str | None = None) -> tuple[int, int]
     return vram, psutil.virtual_memory().available
 
 
+def _largest_block(needs: MemoryNeeds) -> int:
+    return max((max(e.block_bytes, default=0) for e in needs.experts), default=0)
+
+
 def vram_floor(needs: MemoryNeeds) -> int:
-    """Least VRAM that runs at all: every block streamed through two buffers of the largest block."""
-    largest = max((max(e.block_bytes, default=0) for e in needs.experts), default=0)
+    """Least VRAM that runs at all: every block streamed through the stream buffers."""
     others = sum(e.other_bytes for e in needs.experts)
-    return needs.activation_bytes + needs.vae_bytes + others + 2 * largest
+    step = needs.activation_bytes + needs.dequant_bytes + STREAM_BUFFERS * _largest_block(needs)
+    return needs.vae_bytes + others + max(step, needs.vae_activation_bytes)
 
 
 def plan_placement(needs: MemoryNeeds, vram_budget: int, ram_budget: int) -> Plan:
@@ -129,23 +175,26 @@ def plan_placement(needs: MemoryNeeds, vram_budget: int, ram_budget: int) -> Pla
 
     The experts share VRAM evenly (block i of each before block i+1 of either), because each runs
     the same number of forwards per segment, so the bytes streamed per segment are the same
-    whichever expert keeps a block, and an even split keeps both experts' streams short.
+    whichever expert keeps a block, and an even split keeps both experts' streams short. Blocks on
+    disk still hold their non-file parts and the staging buffers in RAM, so pinned blocks give way
+    to disk until those fit too.
     """
     for label, value in (("vram_budget", vram_budget), ("ram_budget", ram_budget)):
         if value < 0:
             raise PlacementError(f"{label} must be >= 0 bytes, got {value}")
     others = sum(e.other_bytes for e in needs.experts)
     all_blocks = sum(sum(e.block_bytes) for e in needs.experts)
-    resident_need = needs.activation_bytes + needs.vae_bytes + others + all_blocks
+    workspace = max(needs.activation_bytes + needs.dequant_bytes, needs.vae_activation_bytes)
+    resident_need = needs.vae_bytes + others + all_blocks + workspace
 
     floor = vram_floor(needs)
     if floor > vram_budget:
-        largest = max((max(e.block_bytes, default=0) for e in needs.experts), default=0)
         raise PlacementError(
             f"VRAM budget {_gib(vram_budget)} is below the floor of {_gib(floor)} needed even with "
-            f"every block streamed from disk: activations {_gib(needs.activation_bytes)} + VAE "
-            f"{_gib(needs.vae_bytes)} + non-block weights {_gib(others)} + 2 stream buffers of the "
-            f"largest block {_gib(largest)}"
+            f"every block streamed from disk: activations {_gib(needs.activation_bytes)} + dequantization "
+            f"{_gib(needs.dequant_bytes)} + {STREAM_BUFFERS} stream buffers of the largest block "
+            f"{_gib(_largest_block(needs))} (or the VAE decode {_gib(needs.vae_activation_bytes)}) + VAE "
+            f"{_gib(needs.vae_bytes)} + non-block weights {_gib(others)}"
         )
     te_where: Literal["vram", "ram"] = "vram" if needs.text_encoder_bytes <= vram_budget else "ram"
     if te_where == "ram" and needs.text_encoder_bytes + needs.host_reserve_bytes > ram_budget:
@@ -156,11 +205,11 @@ def plan_placement(needs: MemoryNeeds, vram_budget: int, ram_budget: int) -> Pla
         )
 
     locs: list[list[Location]] = [["disk"] * len(e.block_bytes) for e in needs.experts]
+    buffers = staging = 0
     if resident_need <= vram_budget:
         locs = [["vram"] * len(e.block_bytes) for e in needs.experts]
-        buffers = 0
     else:
-        buffers = 2 * max(max(e.block_bytes, default=0) for e in needs.experts)
+        buffers = STREAM_BUFFERS * _largest_block(needs)
         vram_left = vram_budget - floor
         ram_left = ram_budget - needs.host_reserve_bytes
         order = _interleaved(needs.experts)
@@ -169,11 +218,28 @@ def plan_placement(needs: MemoryNeeds, vram_budget: int, ram_budget: int) -> Pla
             if size <= vram_left:
                 locs[e][i] = "vram"
                 vram_left -= size
+        pinned = []
         for e, i in order:  # then pinned RAM for what is left
             size = needs.experts[e].block_bytes[i]
             if locs[e][i] == "disk" and size <= ram_left:
                 locs[e][i] = "ram"
                 ram_left -= size
+                pinned.append((e, i))
+        while True:  # disk blocks' resident parts and the staging buffers need RAM too
+            disk = [(e, i) for e, i in order if locs[e][i] == "disk"]
+            staging = STAGING_BUFFERS * max((needs.experts[e].file_bytes(i) for e, i in disk), default=0)
+            held = sum(needs.experts[e].block_bytes[i] for e, i in pinned)
+            held += sum(needs.experts[e].resident_bytes(i) for e, i in disk) + staging
+            if held <= ram_budget - needs.host_reserve_bytes:
+                break
+            if not pinned:
+                raise PlacementError(
+                    f"RAM budget {_gib(ram_budget)} less the process's own {_gib(needs.host_reserve_bytes)} "
+                    f"cannot hold even the parts of disk-streamed blocks that stay in RAM: "
+                    f"{_gib(held - staging)} plus {STAGING_BUFFERS} staging buffers of {_gib(staging // STAGING_BUFFERS)}"
+                )
+            e, i = pinned.pop()
+            locs[e][i] = "disk"
 
     return Plan(
         blocks=tuple((e.name, tuple(l)) for e, l in zip(needs.experts, locs)),
@@ -182,6 +248,7 @@ def plan_placement(needs: MemoryNeeds, vram_budget: int, ram_budget: int) -> Pla
         vram_budget=vram_budget,
         ram_budget=ram_budget,
         stream_buffer_bytes=buffers,
+        staging_bytes=staging,
     )
 
 
@@ -191,8 +258,11 @@ def _interleaved(experts: Sequence[ExpertSizes]) -> list[tuple[int, int]]:
     return [(e, i) for i in range(longest) for e in range(len(experts)) if i < len(experts[e].block_bytes)]
 
 
-def format_plan(plan: Plan) -> str:
-    """One line per component with its size and where it lives, then the totals against the budgets."""
+def format_plan(plan: Plan, forwards_per_segment: int = 2) -> str:
+    """One line per component with its size and where it lives, then the totals against the budgets.
+
+    `forwards_per_segment`: forwards of each expert per segment (2 of the 4 steps each by default).
+    """
     n = plan.needs
     where = {"vram": "vram (encodes all prompts first, then freed)", "ram": "ram (runs on the host)",
              "file": "file -> vram, only for prompts not in the cache: the whole model before the experts are "
@@ -205,17 +275,39 @@ def format_plan(plan: Plan) -> str:
             idx = [i for i, l in enumerate(locs) if l == where]
             if idx:
                 nbytes = sum(sizes.block_bytes[i] for i in idx)
-                parts.append(f"{len(idx)} blocks {_gib(nbytes)} {where} [{_ranges(idx)}]")
+                extra = ""
+                if where == "disk":
+                    kept = sum(sizes.resident_bytes(i) for i in idx)
+                    extra = f" (file {_gib(nbytes - kept)}, in RAM {_gib(kept)})"
+                parts.append(f"{len(idx)} blocks {_gib(nbytes)} {where}{extra} [{_ranges(idx)}]")
         total = sum(sizes.block_bytes) + sizes.other_bytes
-        lines.append(f"{name:<14} {_gib(total):>10}  non-block {_gib(sizes.other_bytes)} vram; " + "; ".join(parts))
+        lora = f" incl. LoRAs {_gib(sizes.lora_bytes)};" if sizes.lora_bytes else ""
+        lines.append(f"{name:<14} {_gib(total):>10} {lora} non-block {_gib(sizes.other_bytes)} vram; " + "; ".join(parts))
     lines.append(f"vae            {_gib(n.vae_bytes):>10}  vram")
-    lines.append(f"activations    {_gib(n.activation_bytes):>10}  vram")
-    if plan.stream_buffer_bytes:
-        lines.append(f"stream buffers {_gib(plan.stream_buffer_bytes):>10}  vram (block in use + prefetch)")
+    lines.append(f"workspace      {_gib(plan.workspace_bytes):>10}  vram: activations {_gib(n.activation_bytes)} + "
+                 f"dequantization {_gib(n.dequant_bytes)} + stream buffers {_gib(plan.stream_buffer_bytes)}, "
+                 f"or the VAE decode {_gib(n.vae_activation_bytes)}, whichever is larger")
+    if plan.staging_bytes:
+        lines.append(f"staging        {_gib(plan.staging_bytes):>10}  pinned ram (file-read blocks pass through it)")
+    disk = sum(plan.disk_bytes_per_forward(name) for name, _ in plan.blocks)
     lines.append(f"total VRAM {_gib(plan.vram_bytes)} of budget {_gib(plan.vram_budget)}; "
-                 f"pinned RAM {_gib(plan.ram_bytes)} (incl. process {_gib(n.host_reserve_bytes)}) of budget "
-                 f"{_gib(plan.ram_budget)}; disk-streamed {_gib(plan.bytes_at('disk'))}")
+                 f"RAM {_gib(plan.ram_bytes)} (incl. process {_gib(n.host_reserve_bytes)}) of budget "
+                 f"{_gib(plan.ram_budget)}; read from disk per segment {_gib(disk * forwards_per_segment)}")
+    if disk:
+        lines.append(disk_warning(plan, forwards_per_segment))
     return "\n".join(lines)
+
+
+def disk_warning(plan: Plan, forwards_per_segment: int = 2) -> str:
+    """Why this plan reads from disk every segment, in numbers."""
+    n = plan.needs
+    blocks = sum(sum(e.block_bytes) for e in n.experts)
+    held = plan.bytes_at("vram") + plan.bytes_at("ram")
+    count = sum(locs.count("disk") for _, locs in plan.blocks)
+    disk = sum(plan.disk_bytes_per_forward(name) for name, _ in plan.blocks)
+    return (f"NOT ALL RESIDENT: the experts' blocks need {_gib(blocks)} but VRAM and pinned RAM hold {_gib(held)} "
+            f"under these budgets; {count} blocks stay in the mapped files and {_gib(disk * forwards_per_segment)} "
+            f"is read from disk every segment")
 
 
 def _ranges(idx: list[int]) -> str:

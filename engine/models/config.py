@@ -32,8 +32,14 @@ class EngineConfig:
                 raise BadSetting(f"file override {key!r} is not one of {sorted(known)}")
 
 
-def default_preset() -> str:
-    """`q4_k_m` where CUDA is available, else the random-weight `tiny` preset."""
+def default_preset(vram_budget_gib: float | None = None, ram_budget_gib: float | None = None) -> str:
+    """Where CUDA is available, `q4_k_m` if both experts and their LoRAs fit VRAM + RAM with no disk
+    reads per segment, else the largest smaller preset that does (on a T4: see `engine.models.fit`);
+    without CUDA, the random-weight `tiny` preset. Budgets default to what the machine has free."""
     import torch
 
-    return "q4_k_m" if torch.cuda.is_available() else "tiny"
+    if not torch.cuda.is_available():
+        return "tiny"
+    from .fit import budgets, pick_default
+
+    return pick_default(*budgets(vram_budget_gib, ram_budget_gib))

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .config import EngineConfig
-from .presets import Preset, get_preset, wan22_config_dir
+from .presets import PRESETS, Preset, get_preset, wan22_config_dir
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +98,50 @@ def place_models(models: Models, device: torch.device, config: EngineConfig | No
         from ..memory.planner import GIB
         from .placement import place_by_plan
 
-        gib = lambda v: None if v is None else int(v * GIB)
-        vram, ram = (gib(config.vram_budget_gib), gib(config.ram_budget_gib)) if config else (None, None)
-        models.plan = place_by_plan(models, device, vram_budget=vram, ram_budget=ram)
+        vram, ram = _budgets(config)
+        models.plan = place_by_plan(models, device, vram_budget=vram, ram_budget=ram,
+                                    settings=get_preset(models.preset).settings if models.preset in PRESETS else None)
     else:
+        from .lora_linear import materialize_loras
+
         for name in ("transformer", "transformer_2", "vae", "text_encoder"):
             if not isinstance(getattr(models, name), LazyTextEncoder):
                 getattr(models, name).to(device)
+        for name in ("transformer", "transformer_2"):
+            materialize_loras(getattr(models, name))  # the mapped LoRA files are read here, once
     models.device = device
     if isinstance(models.text_encoder, LazyTextEncoder):
         models.text_encoder.experts_placed = True  # from now on it streams through the VRAM left free
+
+
+def _budgets(config: EngineConfig | None) -> tuple[int | None, int | None]:
+    from ..memory.planner import GIB
+
+    gib = lambda v: None if v is None else int(v * GIB)
+    return (gib(config.vram_budget_gib), gib(config.ram_budget_gib)) if config else (None, None)
+
+
+def check_fit(models: Models, device: torch.device, config: EngineConfig, preset: Preset):
+    """Plan now, at start-up, and warn with the numbers if blocks would be read from disk every segment.
+
+    Returns the plan, or None when the budgets cannot hold the models at all (placement says why later).
+    """
+    from ..memory.planner import PlacementError, disk_warning
+    from .fit import largest_fitting
+    from .placement import plan_models
+
+    vram, ram = _budgets(config)
+    try:
+        plan = plan_models(models, device, vram, ram, settings=preset.settings)
+    except PlacementError as err:
+        log.warning("preset %s cannot be placed under these budgets: %s", preset.name, err)
+        return None
+    if plan.bytes_at("disk"):
+        best = largest_fitting(plan.vram_budget, plan.ram_budget, use_loras=config.use_loras)
+        log.warning("preset %s: %s; %s", preset.name, disk_warning(plan),
+                    f"the largest preset that fits these budgets is {best} (--preset {best})" if best
+                    else "no preset fits these budgets without disk reads")
+    return plan
 
 
 def free_memory() -> None:
@@ -197,6 +231,8 @@ def load_models(config: EngineConfig) -> Models:
             # The first job's prompts are encoded with the whole GPU free; `ensure_placed` follows.
             models.place_pending = lambda: place_models(models, device, config)
             log.info("experts are placed after the first job's prompts are encoded")
+            if device.type == "cuda" or None not in _budgets(config):
+                check_fit(models, device, config, preset)
             if config.cache_dir is not None:
                 from .text_cache import TextCache
 

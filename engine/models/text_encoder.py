@@ -27,6 +27,83 @@ class EncodeStats:
     streamed_bytes: int  # of those, read from disk during the forward because they did not fit in memory
 
 
+STAGING_BYTES = 64 * MIB
+
+
+def _set_param(model: torch.nn.Module, name: str, param: torch.nn.Parameter) -> None:
+    owner, _, attr = name.rpartition(".")
+    model.get_submodule(owner)._parameters[attr] = param
+
+
+def load_whole(path: Path, device: torch.device, dtype: torch.dtype):
+    """UMT5EncoderModel from its safetensors shards straight onto `device`, as `from_pretrained(dtype=...)`
+    builds it (modules in `_keep_in_fp32_modules` stay fp32 under fp16, tied weights tied).
+
+    The shards are read with plain reads through one small staging buffer: a mapped 11 GB file's
+    pages would count as the process's memory on a 12.7 GB host while the model loads.
+    """
+    import json
+    import os
+    import struct
+
+    from transformers import AutoConfig, UMT5EncoderModel
+
+    config = AutoConfig.from_pretrained(path)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype if dtype.is_floating_point else old)
+    try:
+        with torch.device("meta"):
+            model = UMT5EncoderModel(config)
+    finally:
+        torch.set_default_dtype(old)
+    keep = set(model._keep_in_fp32_modules or ()) if dtype == torch.float16 else set()
+    if dtype in (torch.float16, torch.bfloat16):
+        keep |= set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    for name, module in model.named_modules():
+        if keep.intersection(name.split(".")):
+            module.float()
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    model.to_empty(device=device)
+    for names in groups.values():  # to_empty gives each module its own tensor: tie them again
+        first = model.get_parameter(names[0])
+        for other in names[1:]:
+            _set_param(model, other, first)
+    params = {n: model.get_parameter(names[0]) for names in groups.values() for n in names}
+    staging = torch.empty(STAGING_BYTES, dtype=torch.uint8, pin_memory=device.type == "cuda")
+    kinds = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+    loaded = set()
+    for shard in sorted(Path(path).glob("*.safetensors")):
+        fd = os.open(shard, os.O_RDONLY)
+        try:
+            (n,) = struct.unpack("<Q", os.pread(fd, 8, 0))
+            header = json.loads(os.pread(fd, n, 8))
+            for key, info in header.items():
+                if key == "__metadata__":
+                    continue
+                if key not in params:
+                    raise ValueError(f"{shard} holds {key}, which {type(model).__name__} does not have")
+                dst = params[key].data.view(-1)
+                src_dtype = kinds[info["dtype"]]
+                start, end = info["data_offsets"]
+                step = STAGING_BYTES // src_dtype.itemsize
+                for i in range(0, dst.numel(), step):  # chunk by chunk; copy_ casts to the parameter's dtype
+                    count = min(step, dst.numel() - i)
+                    view = staging[: count * src_dtype.itemsize]
+                    got = os.preadv(fd, [memoryview(view.numpy())], 8 + n + start + i * src_dtype.itemsize)
+                    if got != view.numel():
+                        raise ValueError(f"{shard} ends inside tensor {key}")
+                    dst[i : i + count].copy_(view.view(src_dtype))
+                loaded.update(n_ for n_, p in params.items() if p is params[key])
+        finally:
+            os.close(fd)
+    missing = sorted(set(params) - loaded)
+    if missing:
+        raise ValueError(f"text encoder files in {path} lack {len(missing)} weights, e.g. {missing[:3]}")
+    return model.eval()
+
+
 class LazyTextEncoder:
     """Called like `UMT5EncoderModel(input_ids, attention_mask)`; holds no weights between calls.
 
@@ -83,8 +160,7 @@ class LazyTextEncoder:
 
         self.loads += 1
         if not self.experts_placed:
-            model = UMT5EncoderModel.from_pretrained(self.path, dtype=self.dtype, device_map={"": self.device})
-            return model.eval(), "whole", 0
+            return load_whole(self.path, self.device, self.dtype), "whole", 0
         self.offload_dir.mkdir(parents=True, exist_ok=True)
         model = UMT5EncoderModel.from_pretrained(
             self.path, dtype=self.dtype, device_map="auto", max_memory=self._max_memory(),

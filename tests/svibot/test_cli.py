@@ -113,3 +113,14 @@ def test_bad_recipe_overrides_name_the_value(tmp_path, flags, env, message):
     with pytest.raises(BadSetting) as err:
         build_config(args, env)
     assert message in str(err.value)
+
+
+def test_download_suggests_the_largest_preset_that_fits(tmp_path, capsys):
+    args = ["--data-dir", str(tmp_path), "download", "--dry-run", "--preset", "q4_k_m",
+            "--vram-budget", "15", "--ram-budget", "11"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "preset q4_k_m: both experts with their LoRAs hold" in err
+    assert "the largest preset that fits is q3_k_m (--preset q3_k_m)" in err
+    assert main(args[:5] + ["q3_k_m", "--vram-budget", "15", "--ram-budget", "11"]) == 0
+    assert "it fits 15.0 GiB VRAM + 11.0 GiB RAM with no disk reads" in capsys.readouterr().err

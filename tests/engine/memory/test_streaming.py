@@ -65,7 +65,9 @@ def test_streamed_copies_are_what_the_block_runs_on():
     model(**inputs())
     # Hooks run in registration order: the streamer's swap ran first, so the block saw a copy.
     assert seen and seen[0] != host_ptr
-    assert streamer.stats.disk_bytes == sum(p.numel() * p.element_size() for p in model.blocks[2].parameters())
+    # built in memory, so nothing of it is in a file: the "disk" block's tensors stay where they are
+    assert streamer.stats.disk_bytes == 0
+    assert streamer.stats.ram_bytes == sum(p.numel() * p.element_size() for p in model.blocks[2].parameters())
     streamer.remove()
     model(**inputs())
     assert seen[-1] == host_ptr
@@ -118,7 +120,7 @@ def test_streamed_forward_on_cuda_matches_and_pins_one_copy():
 @torch.no_grad()
 def test_place_by_plan_streams_the_tiny_preset_within_a_small_budget():
     from engine.models.loading import Models
-    from engine.memory.planner import MemoryNeeds, expert_sizes, module_bytes, vram_floor
+    from engine.memory.planner import vram_floor
     from engine.models.placement import HostTextEncoder, place_by_plan
     from engine.models.tiny import build_tiny_components
 
@@ -134,10 +136,7 @@ def test_place_by_plan_streams_the_tiny_preset_within_a_small_budget():
     assert not isinstance(resident.text_encoder, HostTextEncoder)
 
     models = tiny_models()
-    needs = MemoryNeeds(
-        experts=(expert_sizes("transformer", models.transformer), expert_sizes("transformer_2", models.transformer_2)),
-        vae_bytes=module_bytes(models.vae), text_encoder_bytes=0, activation_bytes=plan.needs.activation_bytes,
-    )
+    needs = plan.needs  # the same tiny weights, so the same sizes and workspace
     one_block = max(needs.experts[0].block_bytes)
     plan = place_by_plan(models, torch.device("cpu"), vram_budget=vram_floor(needs) + one_block, ram_budget=10**12)
     locs = plan.locations("transformer") + plan.locations("transformer_2")
@@ -177,3 +176,83 @@ def test_mapped_gguf_pages_can_be_dropped_without_changing_values(tmp_path):
     assert torch.equal(plain, before[0]) and torch.equal(quant, before[1])
     assert torch.equal(plain.reshape(64, 4096), torch.from_numpy(w))
     assert torch.equal(anon, anon_before)
+
+
+@torch.no_grad()
+def test_disk_block_reads_its_file_part_through_staging_and_drops_the_pages(tmp_path, monkeypatch):
+    """A GGUF expert with a LoRA: a disk block's quantized weights come from the mapped file through a
+    staging buffer every forward, its pages are dropped after each read, its LoRA factors stay in RAM."""
+    import engine.memory.streaming as streaming
+    from engine.memory.host import file_mappings
+    from engine.models.loading import load_expert_gguf
+    from engine.models.lora import load_lora
+    from engine.models.placement import _prepare_block
+    from tests.support.engine_helpers import GGUF_TRANSFORMER, write_tiny_gguf_expert
+
+    path, config_dir, _ = write_tiny_gguf_expert(tmp_path)
+    dim = GGUF_TRANSFORMER["num_attention_heads"] * GGUF_TRANSFORMER["attention_head_dim"]
+    g = torch.Generator().manual_seed(0)
+    lora = {"blocks.1.self_attn.q.lora_A.default.weight": torch.randn(8, dim, generator=g) * 0.1,
+            "blocks.1.self_attn.q.lora_B.default.weight": torch.randn(dim, 8, generator=g) * 0.1}
+    g = torch.Generator().manual_seed(1)
+    args = dict(hidden_states=torch.randn(1, 36, 2, 4, 4, generator=g), timestep=torch.tensor([500.0]),
+                encoder_hidden_states=torch.randn(1, 8, GGUF_TRANSFORMER["text_dim"], generator=g), return_dict=False)
+
+    reference = load_expert_gguf(path, config_dir, "transformer", torch.float32)
+    load_lora(reference, lora, "svi")
+    expected = reference(**args)[0]
+
+    model = load_expert_gguf(path, config_dir, "transformer", torch.float32)
+    load_lora(model, lora, "svi")
+    dropped = []
+    real_page_out = streaming.page_out
+    monkeypatch.setattr(streaming, "page_out", lambda ts, spans: (dropped.append(list(ts)), real_page_out(ts, spans)))
+    streamer = place_model(model, ["vram", "disk"], "cpu", prepare=_prepare_block(torch.float32))
+    slot = streamer.slots[1]
+    spans = file_mappings()
+    file_tensors = [slot.host[k][2] for k in slot.file_idx]
+    quantized = [t for _, _, t in slot.host if hasattr(t, "quant_type")]
+    assert quantized and {t.data_ptr() for t in quantized} <= {t.data_ptr() for t in file_tensors}
+    assert all(any(a <= t.data_ptr() < b for a, b in spans) for t in file_tensors)
+    q = model.blocks[1].attn1.to_q
+    assert q.lora_down.shape == (8, dim)  # materialized at placement, in memory, not in any file
+    assert not any(a <= q.lora_down.data_ptr() < b for a, b in spans)
+
+    dropped.clear()
+    for _ in range(2):
+        torch.testing.assert_close(model(**args)[0], expected, rtol=0, atol=0)
+    file_bytes = sum(t.numel() * t.element_size() for t in file_tensors)
+    assert streamer.stats.disk_bytes == 2 * file_bytes
+    assert streamer.stats.ram_bytes == 2 * (slot.nbytes - file_bytes)  # LoRA and cast tensors, from RAM
+    assert slot.nbytes - file_bytes >= q.lora_down.numel() * 4 + q.lora_up.numel() * 4
+    # after each read the block's file pages were dropped again
+    ptrs = sorted(t.data_ptr() for t in file_tensors)
+    assert [sorted(t.data_ptr() for t in ts) for ts in dropped] == [ptrs, ptrs]
+    assert len(streamer._staging) == 2 and streamer._staging[0].numel() >= file_bytes
+
+
+@torch.no_grad()
+def test_planned_block_sizes_count_lora_factors_before_they_exist(tmp_path):
+    from engine.memory.planner import expert_sizes
+    from engine.models.loading import load_expert_gguf
+    from engine.models.lora import load_lora
+    from engine.models.lora_linear import materialize_loras
+    from engine.models.placement import placed_expert_sizes
+    from tests.support.engine_helpers import GGUF_TRANSFORMER, write_tiny_gguf_expert
+
+    path, config_dir, _ = write_tiny_gguf_expert(tmp_path)
+    dim = GGUF_TRANSFORMER["num_attention_heads"] * GGUF_TRANSFORMER["attention_head_dim"]
+    model = load_expert_gguf(path, config_dir, "transformer", torch.float16)
+    plain = expert_sizes("transformer", model)
+    lora = {"blocks.0.ffn.2.lora_A.default.weight": torch.zeros(16, GGUF_TRANSFORMER["ffn_dim"], dtype=torch.bfloat16),
+            "blocks.0.ffn.2.lora_B.default.weight": torch.zeros(dim, 16, dtype=torch.bfloat16)}
+    load_lora(model, lora, "svi")
+    planned = placed_expert_sizes("transformer", model, torch.float16)
+    lora_bytes = 16 * (GGUF_TRANSFORMER["ffn_dim"] + dim) * 2 + 16 * 4  # fp16 factors + fp32 per-rank scales
+    assert planned.block_bytes[0] == plain.block_bytes[0] + lora_bytes
+    assert planned.block_bytes[1] == plain.block_bytes[1]
+    assert planned.lora_bytes == lora_bytes
+    quantized = sum(p.numel() for p in model.blocks[0].parameters() if hasattr(p, "quant_type"))
+    assert planned.block_file_bytes[0] == quantized and planned.resident_bytes(0) > lora_bytes
+    materialize_loras(model, torch.float16)
+    assert expert_sizes("transformer", model).block_bytes == planned.block_bytes  # the plan was exact

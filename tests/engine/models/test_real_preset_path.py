@@ -15,6 +15,7 @@ from engine.models.config import EngineConfig
 from engine.models.download import download_preset
 from tests.support.gguf_writer import diffusers_to_wan_keys, write_wan_gguf
 from engine.models.loading import load_models, unload_models
+from engine.models.lora import adapter_names
 from engine.models.presets import PRESETS, ModelFiles, Preset
 from engine.svi import generate_story
 from engine.worker import resolve_settings
@@ -92,13 +93,15 @@ def test_download_then_load_then_generate(tiny_repo, tmp_path, monkeypatch):
         models = load_models(EngineConfig(preset="tiny_gguf", models_dir=tmp_path, device="cpu"))
         assert type(models.transformer.blocks[0].ffn.net[2]).__name__ == "GGUFLinear"
         assert type(models.transformer_2.condition_embedder.text_embedder.linear_1).__name__ == "GGUFLinear"
-        assert set(models.transformer.peft_config) == {"svi", "lightx2v"}
-        assert set(models.transformer_2.peft_config) == {"svi", "lightx2v"}
-        q = models.transformer.blocks[0].attn1.to_q
-        assert q.scaling == {"svi": 1.0, "lightx2v": 0.5}  # the fast recipe's per-expert strengths, unfused
+        assert adapter_names(models.transformer) == adapter_names(models.transformer_2) == ["svi", "lightx2v"]
+        q = models.transformer.blocks[0].attn1.to_q  # weight side, ranks 4 + 4
+        assert adapter_weights(models.transformer) == {"svi": 1.0, "lightx2v": 0.5}  # the fast recipe's
         assert models.adapters == {"svi", "lightx2v"}
-        assert models.transformer_2.blocks[0].attn1.to_q.scaling == {"svi": 1.0, "lightx2v": 1.0}
+        assert adapter_weights(models.transformer_2) == {"svi": 1.0, "lightx2v": 1.0}
+        assert q.lora_down is None  # still views of the mapped files until placement
         results = generate_story(models, make_photo(), ["walk", "run"], preset.settings)
+        assert q.lora_scale.tolist() == [1.0] * 4 + [0.5] * 4
+        assert models.transformer_2.blocks[0].attn1.to_q.lora_scale.tolist() == [1.0] * 8
         assert [len(r.frames) for r in results] == [9, 4]
     finally:
         unload_models()
@@ -106,7 +109,7 @@ def test_download_then_load_then_generate(tiny_repo, tmp_path, monkeypatch):
 
 def adapter_weights(expert) -> dict:
     """The weight each adapter has on the layer the tiny LoRAs target (blocks.0 self-attention q)."""
-    return dict(expert.blocks[0].attn1.to_q.scaling)
+    return {a.name: a.strength for a in expert.blocks[0].attn1.to_q.adapters}
 
 
 def test_each_job_runs_its_recipe_strengths(tiny_repo, tmp_path, monkeypatch):

@@ -84,3 +84,23 @@ def test_plan_says_where_the_lazy_encoder_runs():
     plan = replace(plan, needs=replace(needs, text_encoder_bytes=11 * GIB), text_encoder="file")
     line = format_plan(plan).splitlines()[0]
     assert "11.00 GiB" in line and "before the experts are placed" in line and "never held in RAM" in line
+
+
+def test_whole_load_reads_the_shards_as_from_pretrained_builds_them(tmp_path):
+    """Plain reads through a staging buffer give the model from_pretrained gives: values, dtypes (fp16 keeps
+    UMT5's `wo` in fp32), the tied embedding; shards of bf16 weights, as the Wan repos ship them."""
+    from engine.models.text_encoder import load_whole
+
+    encoder = build_tiny_components()["text_encoder"].to(torch.bfloat16)
+    encoder.save_pretrained(tmp_path / "te", max_shard_size="20KB")
+    assert len(list((tmp_path / "te").glob("*.safetensors"))) > 1
+    for dtype in (torch.float32, torch.float16):
+        ours = load_whole(tmp_path / "te", torch.device("cpu"), dtype)
+        theirs = UMT5EncoderModel.from_pretrained(tmp_path / "te", dtype=dtype)
+        a, b = ours.state_dict(), theirs.state_dict()
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+        assert ours.encoder.embed_tokens.weight is ours.shared.weight
+        if dtype == torch.float16:
+            assert ours.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float32
