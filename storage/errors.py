@@ -5,6 +5,8 @@ adapters show it as it is. Each names the bad value and the limit it broke.
 """
 from __future__ import annotations
 
+from .disk import free_bytes, free_space_needed
+
 
 class SvibotError(Exception):
     """Base class for errors svibot raises on purpose."""
@@ -59,11 +61,9 @@ class DiskFull(SvibotError, OSError):
     not on disk; the work resumes once space is freed.
 
     `free` is the space left when the write failed, `needed` the space to free before retrying
-    (both in bytes; see `storage.files.free_space_needed`)."""
+    (both in bytes; see `storage.disk.free_space_needed`)."""
 
     def __init__(self, path: object, *, free: int | None = None, needed: int | None = None) -> None:
-        from .files import free_bytes, free_space_needed  # files imports this module
-
         self.path = path
         self.free = free_bytes(path) if free is None else free
         self.needed = free_space_needed() if needed is None else needed

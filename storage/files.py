@@ -4,38 +4,19 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .disk import free_bytes
 from .errors import DiskFull
 
-# Free space a data dir needs for a story to make progress: a segment's mp4 and carry latent, the
-# stitched story, the database's growth and SQLite's journal, with room to spare (a 480p 81-frame
-# segment is a few MB; the stitched story of 10 segments some tens of MB).
-FREE_SPACE_NEEDED = 256 * 2**20
 # A write that fails some other way (ffmpeg's exit code, torch's zip writer) while less than this is
 # free failed for want of space.
 LOW_SPACE = 16 * 2**20
 ENOSPC_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-
-
-def free_space_needed() -> int:
-    return FREE_SPACE_NEEDED
-
-
-def free_bytes(path: object) -> int:
-    """Free bytes on the disk holding `path` (its nearest existing parent); 0 if none can be found."""
-    p = Path(str(path)).absolute()
-    for candidate in (p, *p.parents):
-        try:
-            return shutil.disk_usage(candidate).free
-        except OSError:
-            continue
-    return 0
 
 
 def is_disk_full(err: BaseException) -> bool:
