@@ -62,7 +62,7 @@ def _chunks(frames: np.ndarray):
 
 def _to_lab(frames: np.ndarray, device: torch.device | str) -> torch.Tensor:
     """(F, H, W, 3) uint8 -> (F, H, W, 3) fp32 Lab on `device`."""
-    return srgb_to_lab(torch.from_numpy(np.ascontiguousarray(frames)).to(device).float() / 255.0)
+    return srgb_to_lab(torch.from_numpy(np.array(frames)).to(device).float() / 255.0)  # a copy: frames may be read-only
 
 
 @torch.inference_mode()
