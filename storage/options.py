@@ -65,7 +65,7 @@ def check_loop_strength(strength: object, shown: str | None = None) -> None:
     """The end-frame strength of a loop: above 0 (0 would be no end frame at all) and at most 1 (a hard lock)."""
     ok = isinstance(strength, (int, float)) and not isinstance(strength, bool) and math.isfinite(strength)
     if not ok or not 0.0 < float(strength) <= 1.0:
-        raise BadSetting(f"{shown or 'loop_strength'} is {strength!r}: the loop strength must be above 0 and "
+        raise BadSetting(f"{shown or f'loop_strength is {strength!r}'}: the loop strength must be above 0 and "
                          "at most 1 (1 ends exactly on the first frame; lower values loosen the end)")
 
 
