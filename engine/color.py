@@ -21,7 +21,8 @@ RGB_TO_XYZ = torch.tensor([[0.4124564, 0.3575761, 0.1804375],
                            [0.0193339, 0.1191920, 0.9503041]], dtype=torch.float64)
 WHITE = RGB_TO_XYZ.sum(dim=1)  # XYZ of sRGB white (D65): (0.95047, 1.0, 1.08883), so white is a* = b* = 0
 DELTA = 6.0 / 29.0  # where the CIE Lab curve turns from a cube root into a line
-CHUNK_PIXELS = 1 << 23  # frames are converted a few at a time: 81 frames of 480p in fp32 Lab are ~0.4 GB
+CHUNK_PIXELS = 1 << 21  # ~5 frames of 480p at a time (~25 MB per fp32 Lab tensor): 81 frames at once would be
+# ~0.4 GB each, next to experts that may fill the GPU
 MIN_STD = 1e-3  # a flat channel (std ~ 0) keeps its values instead of being blown up
 
 
