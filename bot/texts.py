@@ -28,6 +28,7 @@ OPTIONS_HELP = [
     "segment changes. loop:0.8 (any strength above 0, at most 1) loosens the end for more motion.",
     "color:anchor keeps every later segment on the photo's colours, against colour drift in long stories "
     "(default color:off).",
+    "Options written here win over your defaults in /settings.",
 ]
 
 RESPONSIBLE_USE = (
