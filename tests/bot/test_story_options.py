@@ -101,6 +101,23 @@ async def test_telegram_loop_story_on_the_tiny_worker(fake_telegram, start_bot, 
     assert (await queue.get_job(1)).settings["loop"] is True
 
 
+async def test_text_options_win_over_settings_defaults_and_parameters_win_over_both(queue):
+    from bot import intake
+
+    await queue.set_user_setting("telegram", "1", "loop", True)
+    await queue.set_user_setting("telegram", "1", "color_match", "anchor")
+    config = BotConfig(max_active_jobs=5)
+
+    async def settings_of(text: str, **settings) -> dict:
+        queued = await intake.start_story(queue, config, intake.StoryRequest(
+            platform="telegram", chat_id="1", user_id="1", text=text, photo=png_bytes(), settings=settings))
+        return {k: v for k, v in queued.job.settings.items() if k != "seed"}
+
+    assert await settings_of("walk") == {"loop": True, "color_match": "anchor"}  # the user's /settings
+    assert await settings_of("loop:off walk") == {"loop": False, "color_match": "anchor"}
+    assert await settings_of("loop:off color:off walk", loop=True) == {"loop": True, "color_match": "off"}
+
+
 # -- Discord -----------------------------------------------------------------------------------------
 async def send(fake, prompts: str, **options) -> dict:
     attachments = {"image": fake.add_attachment("cat.png", photo_bytes(), "image/png")}
