@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any, Literal
 
 import discord
 from discord import app_commands
@@ -32,7 +33,10 @@ NO_IMAGE_IN_MESSAGE = "That message has no image attached; use this on a message
 CONTEXT_MENU_NAME = "Make a story from this image"
 HOW_TO = ["Example: /story prompts: a cat walks | the cat runs | the cat flies  image: <your photo>",
           f'Or right-click a message with a photo: Apps > "{CONTEXT_MENU_NAME}".',
-          "Buttons under the status message cancel the job or re-roll it with a new seed."]
+          "Buttons under the status message cancel the job or re-roll it with a new seed.",
+          "",
+          "Options: loop:True, color_match:anchor (or write them before the prompts: loop: color:anchor walk | run).",
+          *texts.OPTIONS_HELP]
 TOKEN_REJECTED = "the Discord token was rejected; check DISCORD_BOT_TOKEN"
 REPLY_FAILED = "Sorry, I could not show the answer here. Please try again."
 
@@ -64,11 +68,12 @@ class SviClient(discord.Client):
 
     # -- use cases behind the commands ---------------------------------------------------------
     async def start_story(self, interaction: discord.Interaction, text: str | None,
-                          image: discord.Attachment | None, seed: int | None) -> None:
+                          image: discord.Attachment | None, seed: int | None,
+                          settings: dict[str, Any] | None = None) -> None:
         """Check and queue a story, then post its status message in the channel."""
         await interaction.response.defer(thinking=True)
         try:
-            queued = await self._queue_story(interaction, text, image, seed)
+            queued = await self._queue_story(interaction, text, image, seed, settings or {})
         except (AccessDenied, InputError) as err:
             await _reply(interaction, str(err))
             return
@@ -76,11 +81,12 @@ class SviClient(discord.Client):
         await self._post_status(queued)
 
     async def _queue_story(self, interaction: discord.Interaction, text: str | None,
-                           image: discord.Attachment | None, seed: int | None) -> intake.Queued:
+                           image: discord.Attachment | None, seed: int | None,
+                           settings: dict[str, Any]) -> intake.Queued:
         user_id, chat_id, chat_ids = _who(interaction)
         # Cheap checks first: nothing is downloaded for a refused user or a malformed story.
         await intake.preflight(self.queue, self.bot_config, platform=PLATFORM, user_id=user_id,
-                               chat_id=chat_id, text=text, chat_ids=chat_ids)
+                               chat_id=chat_id, text=text, chat_ids=chat_ids, settings=settings)
         if image is None:
             raise InputError(NO_IMAGE)
         # The declared content type is not trusted either way: `enqueue` checks the bytes.
@@ -88,7 +94,7 @@ class SviClient(discord.Client):
         photo = await image.read()
         return await intake.start_story(self.queue, self.bot_config, intake.StoryRequest(
             platform=PLATFORM, chat_id=chat_id, user_id=user_id, text=text or "", photo=photo,
-            seed=seed, chat_ids=chat_ids, meta=_channel_meta(interaction)))
+            seed=seed, chat_ids=chat_ids, meta=_channel_meta(interaction), settings=settings))
 
     async def _post_status(self, queued: intake.Queued) -> None:
         position = queued.position if queued.position is not None else 1
@@ -132,12 +138,17 @@ class SviClient(discord.Client):
 # -- command handlers ------------------------------------------------------------------------------
 @app_commands.describe(prompts='One prompt per ~5 s segment, separated by "|", e.g. walk | run | fly',
                        image="The photo to bring to life (JPEG, PNG or WebP)",
-                       seed="Optional seed to repeat a result; random when left out")
+                       seed="Optional seed to repeat a result; random when left out",
+                       loop="End on the photo, so the video plays seamlessly on repeat (changes the last segment)",
+                       color_match="anchor: keep later segments on the photo's colours; off (default): leave them")
 async def story(interaction: discord.Interaction[SviClient], prompts: str,
                 image: discord.Attachment | None = None,
-                seed: app_commands.Range[int, 0, intake.MAX_SEED] | None = None) -> None:
+                seed: app_commands.Range[int, 0, intake.MAX_SEED] | None = None,
+                loop: bool | None = None, color_match: Literal["off", "anchor"] | None = None) -> None:
     """Turn a photo into a video story, one segment per prompt."""
-    await interaction.client.start_story(interaction, prompts, image, seed)
+    # Discord offers the choices, but a value is checked (with a clear answer) like any other input
+    settings = {key: value for key, value in (("loop", loop), ("color_match", color_match)) if value is not None}
+    await interaction.client.start_story(interaction, prompts, image, seed, settings)
 
 
 async def status(interaction: discord.Interaction[SviClient]) -> None:

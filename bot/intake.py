@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from storage.config import Limits
 from storage.errors import DiskFull, InputError, JobNotFound, NotAllowed, QuotaExceeded
 from storage.models import ACTIVE_STATES, Job, NewJob
+from storage.options import check_story_options, split_options
 from storage.queue import JobQueue
 from storage.validate import parse_prompts
 
@@ -52,12 +54,13 @@ class StoryRequest:
     platform: str
     chat_id: str
     user_id: str
-    text: str  # the prompts, "a | b | c"
+    text: str  # the prompts, "a | b | c", after any options ("loop: a | b | c")
     photo: bytes
     seed: int | None = None  # None: a random seed
     chat_ids: tuple[str, ...] = ()  # extra ids the chat allowlist may match (e.g. a Discord guild)
     meta: dict[str, Any] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)  # e.g. {"preset": "tiny"}; wins over the defaults
+    settings: dict[str, Any] = field(default_factory=dict)  # e.g. {"preset": "tiny"}; wins over options in
+    # the text ("loop: a | b"), which win over the user's /settings defaults
     use_defaults: bool = True  # apply the user's /settings under `settings` and `seed` (not for a re-roll)
 
 
@@ -75,30 +78,41 @@ class Queued:
         return texts.queued_text(self.job.id, self.position, self.eta_s, self.workers_online)
 
 
-async def preflight(queue: JobQueue, config: BotConfig, *, platform: str, user_id: str, chat_id: str,
-                    text: str | None, chat_ids: Sequence[str] = ()) -> list[str]:
-    """Everything that can be checked before the photo is downloaded; returns the prompts.
+def parse_story(text: str | None, limits: Limits, settings: dict[str, Any] | None = None) -> tuple[list[str], dict]:
+    """The prompts of a story text and its job settings: the options it starts with ("loop: a | b"), then
+    `settings` (a platform's parameters, or a re-rolled job's settings), which win. Bad values raise InputError."""
+    options, rest = split_options(text)
+    merged = {**options, **(settings or {})}
+    check_story_options(merged)
+    return parse_prompts(rest, limits), merged
 
-    Raises AccessDenied (allowlist, active-job or daily limit) or InputError (bad prompts, or
+
+async def preflight(queue: JobQueue, config: BotConfig, *, platform: str, user_id: str, chat_id: str,
+                    text: str | None, chat_ids: Sequence[str] = (),
+                    settings: dict[str, Any] | None = None) -> tuple[list[str], dict]:
+    """Everything that can be checked before the photo is downloaded; returns the prompts and the settings.
+
+    Raises AccessDenied (allowlist, active-job or daily limit) or InputError (bad prompts or options, or
     StoryRefused for a blocked word, which is recorded for the admins' /stats).
     """
     access.check_allowed(config, user_id, [chat_id, *chat_ids])
-    prompts = parse_prompts(text, config.limits)
+    prompts, settings = parse_story(text, config.limits, settings)
     blocked = config.blocked_words.find(" | ".join(prompts))
     if blocked is not None:
         await queue.record_refusal(platform, chat_id, user_id, "blocked_word", blocked)
         log.info("refused a story of %s:%s: a blocked word", platform, user_id)
         raise StoryRefused(texts.STORY_REFUSED)
     await access.check_limits(config, queue, platform, user_id)
-    return prompts
+    return prompts, settings
 
 
 async def start_story(queue: JobQueue, config: BotConfig, request: StoryRequest) -> Queued:
     """Check access, limits and prompts, then queue the job; `enqueue` checks the photo and,
     in the insert's transaction, the user's limits again. Nothing is queued on error."""
-    prompts = await preflight(queue, config, platform=request.platform, user_id=request.user_id,
-                              chat_id=request.chat_id, text=request.text, chat_ids=request.chat_ids)
-    settings, seed = dict(request.settings), request.seed
+    prompts, settings = await preflight(queue, config, platform=request.platform, user_id=request.user_id,
+                                        chat_id=request.chat_id, text=request.text, chat_ids=request.chat_ids,
+                                        settings=request.settings)
+    seed = request.seed
     if request.use_defaults:  # the user's /settings, under anything the command itself says
         defaults, default_seed = user_settings.story_defaults(
             await queue.user_settings(request.platform, request.user_id))

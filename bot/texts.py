@@ -22,6 +22,15 @@ ELLIPSIS = "\u2026"
 SECONDS_PER_SEGMENT = 5  # what a user gets per prompt; the worker's presets make ~5 s clips
 BAR_WIDTH = 10
 
+# What the story options do, for /help (the Discord bot offers them as parameters too).
+OPTIONS_HELP = [
+    "loop: the last segment ends on the photo, so the video plays seamlessly on repeat. Only the last "
+    "segment changes. loop:0.8 (any strength above 0, at most 1) loosens the end for more motion.",
+    "color:anchor keeps every later segment on the photo's colours, against colour drift in long stories "
+    "(default color:off).",
+    "Options written here win over your defaults in /settings.",
+]
+
 RESPONSIBLE_USE = (
     "Use only photos you have the right to use. No sexual content involving real people "
     "and no impersonation of real people. The operator decides who may use the bot."
@@ -62,7 +71,10 @@ def help_text(limits: Limits, *, queue_length: int, workers_online: int, command
     p = command_prefix
     if how_to is None:
         how_to = [f"Example: a photo with the caption  {p}story a cat walks | the cat runs | the cat flies",
-                  f"You can also reply {p}story ... to a photo, or send a photo and then {p}story ..."]
+                  f"You can also reply {p}story ... to a photo, or send a photo and then {p}story ...",
+                  "",
+                  f"Options go before the prompts, e.g.  {p}story loop: color:anchor walk | run | fly",
+                  *OPTIONS_HELP]
     return "\n".join([
         "Send a photo and a story; each part between | becomes one video segment.",
         "",

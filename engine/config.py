@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from storage.errors import BadSetting
+from storage.options import COLOR_MATCH_MODES, check_loop_strength
 
 # Wan 2.2's default negative prompt (Wan-Video/Wan2.2 `wan/configs/shared_config.py`).
 WAN_NEGATIVE_PROMPT = (
@@ -25,6 +26,12 @@ CHAINING_MODES = ("svi-pro", "last-frame")
 # - last-frame: only frame 0 repeats the carried frame, as in SVI 2.0's `inference_svi_2.0.py`
 #   (`video_frames[1:]`) and its published ComfyUI workflows.
 SEAM_FRAMES = {"svi-pro": 5, "last-frame": 1}
+# Frames dropped at the end of a loop's last segment: those that show the first frame again, so the stitched
+# video's last frame leads into its first instead of repeating it.
+# - svi-pro: the final latent holds the anchor (the photo encoded on its own) and the mask marks all its 4
+#   frames known, so its 4 frames all show the photo.
+# - last-frame: only the last frame is the photo, as in diffusers' `last_image` (its mask marks 1 of 4).
+LOOP_TAIL_FRAMES = {"svi-pro": 4, "last-frame": 1}
 MAX_FRAMES = {
     # SVI's pinned issue #51 (vita-epfl/Stable-Video-Infinity): "use 81-frame per-clip ... 121 frames ... will
     # lead to color degradation"; 81 is also the default of inference_svi_2.0_pro.py.
@@ -106,6 +113,9 @@ class GenerationSettings:
     fps: int = 16  # Wan's training frame rate: 81 frames ~ 5 s
     chaining: str = "svi-pro"  # or "last-frame": plain Wan 2.2 I2V from the last decoded frame
     negative_prompt: str = WAN_NEGATIVE_PROMPT
+    loop: bool = False  # the last segment ends on the story's first frame, so the video plays on repeat
+    loop_strength: float = 1.0  # scale of that end latent in the condition; 1 locks the end to the photo
+    color_match: str = "off"  # "anchor": later segments take the photo's colour statistics (engine.color)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -146,6 +156,11 @@ class GenerationSettings:
             raise BadSetting(f"fps must be an integer in [1, 60] but is {self.fps!r}")
         if not isinstance(self.negative_prompt, str):
             raise BadSetting(f"negative_prompt must be text but is {self.negative_prompt!r}")
+        if not isinstance(self.loop, bool):
+            raise BadSetting(f"loop must be true or false but is {self.loop!r}")
+        check_loop_strength(self.loop_strength)
+        if self.color_match not in COLOR_MATCH_MODES:
+            raise BadSetting(f"color_match must be one of {COLOR_MATCH_MODES} but is {self.color_match!r}")
 
     @property
     def num_latent_frames(self) -> int:
@@ -156,9 +171,15 @@ class GenerationSettings:
         """Frames dropped at the start of every segment after the first (see SEAM_FRAMES)."""
         return SEAM_FRAMES[self.chaining]
 
+    @property
+    def loop_tail_frames(self) -> int:
+        """Frames dropped at the end of the last segment: those of a loop that repeat the first frame."""
+        return LOOP_TAIL_FRAMES[self.chaining] if self.loop else 0
+
     def story_frames(self, num_segments: int) -> int:
-        """Frames of a stitched story of `num_segments` segments."""
-        return self.num_frames + (num_segments - 1) * (self.num_frames - self.seam_frames)
+        """Frames of a stitched story of `num_segments` segments (README, "Loops")."""
+        return (self.num_frames + (num_segments - 1) * (self.num_frames - self.seam_frames)
+                - self.loop_tail_frames)
 
     @property
     def uses_guidance(self) -> bool:

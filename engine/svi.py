@@ -3,7 +3,8 @@
 `generate_story` reads top to bottom like the SVI 2.0 Pro pipeline: weight the adapters for the job's recipe,
 anchor once, then per segment build the conditioning, denoise with the high- then low-noise expert
 (engine.sampling), decode and drop the seam. `last-frame` chaining is plain Wan 2.2 I2V from the previous
-segment's last frame instead.
+segment's last frame instead. A `loop` story's last segment also ends on the photo; `color_match` keeps later
+segments on the photo's colours.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 
 from storage.errors import BadSetting, EmptyPrompt
 
+from .color import lab_stats, match_colors
 from .config import GenerationSettings
 from .errors import Cancelled
 from .models.loading import Models, free_memory
@@ -60,6 +62,11 @@ def check_inputs(prompts: list[str], settings: GenerationSettings, start_segment
     if len(prompts) > 1 and settings.num_frames <= seam:
         raise BadSetting(f"num_frames must be above {seam} for a story of several segments "
                          f"(each later segment drops its first {seam} frames) but is {settings.num_frames}")
+    kept = settings.num_frames - (seam if len(prompts) > 1 else 0) - settings.loop_tail_frames
+    if settings.loop and kept < 1:
+        raise BadSetting(f"num_frames must be above {settings.num_frames - kept} for a loop of {len(prompts)} "
+                         f"segment(s) ({settings.chaining} drops {settings.loop_tail_frames} frame(s) at the end "
+                         f"of the last one) but is {settings.num_frames}")
     if not 0 <= start_segment < len(prompts):
         raise BadSetting(f"start_segment must be in [0, {len(prompts)}) but is {start_segment}")
     if start_segment > 0 and carry is None:
@@ -148,20 +155,29 @@ def decode_latents(models: Models, z: torch.Tensor) -> np.ndarray:
 
 
 def build_condition(image_latent: torch.Tensor, motion_latent: torch.Tensor | None,
-                    num_latent_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+                    num_latent_frames: int,
+                    end_latent: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """SVI 2.0 Pro conditioning for one segment: (cond (16, T, h, w), mask (4, T, h, w)).
 
     cond[:, 0] is the anchor; cond[:, 1] is the previous segment's last denoised latent when there is one;
     everything else is zero latents (vita-epfl/Stable-Video-Infinity svi_wan22,
     diffsynth/pipelines/wan_video_svi_pro.py: `y = concat([anchor_latent, motion_latent, padding])`).
     Only latent 0 is marked known in the mask: the motion latent is a hint, not a constraint.
+
+    `end_latent` (16, 1, h, w), the last segment of a loop: it fills the final latent and all 4 frames of that
+    latent are marked known, the layout ComfyUI-WanVideoWrapper's WanVideoImageToVideoEncode gives an end image
+    encoded on its own for the non-FLF2V Wan I2V models (the end frame's mask repeated 4 times).
     """
     c, _, h, w = image_latent.shape
     cond = image_latent.new_zeros(c, num_latent_frames, h, w)  # (16, T, h, w)
     cond[:, 0] = image_latent[:, 0]
     if motion_latent is not None:
         cond[:, 1] = motion_latent.to(cond)  # (16, h, w): z_prev[:, -1]
-    return cond, first_frame_mask(num_latent_frames, h, w, image_latent)
+    mask = first_frame_mask(num_latent_frames, h, w, image_latent)
+    if end_latent is not None:
+        cond[:, -1] = end_latent[:, 0].to(cond)
+        mask[:, -1] = 1.0
+    return cond, mask
 
 
 def first_frame_mask(num_latent_frames: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
@@ -171,19 +187,36 @@ def first_frame_mask(num_latent_frames: int, h: int, w: int, like: torch.Tensor)
     return mask
 
 
-def wan_condition(models: Models, frame: np.ndarray, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+def frame_mask(num_frames: int, h: int, w: int, like: torch.Tensor, last_known: bool) -> torch.Tensor:
+    """Wan's I2V mask from the known frames, (4, T, h, w), as diffusers' WanImageToVideoPipeline.prepare_latents
+    builds it: frame 0 counts 4 times (it fills latent 0 alone), then every latent packs 4 frames; with
+    `last_known` only the last of the final latent's 4 frames is marked."""
+    known = like.new_zeros(num_frames + 3)  # frame 0 four times, then frames 1 .. F-1: 4T entries
+    known[:4] = 1.0
+    if last_known:
+        known[-1] = 1.0
+    T = (num_frames - 1) // 4 + 1
+    return known.view(T, 4).T[:, :, None, None].expand(4, T, h, w).contiguous()
+
+
+def wan_condition(models: Models, frame: np.ndarray, num_frames: int,
+                  last_frame: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain Wan 2.2 I2V conditioning: (cond (16, T, h, w), mask (4, T, h, w)).
 
     The VAE encodes the video [frame, black x (F - 1)] (zeros in [-1, 1], i.e. mid-grey), as Wan-Video/Wan2.2
     wan/image2video.py and diffusers' WanImageToVideoPipeline.prepare_latents do; zero latents instead are
     what the SVI 2.0 Pro LoRA was trained with (docs/svi/svi_2.0_pro.md), not plain Wan.
+    With `last_frame` (a loop's end) the video is [frame, black x (F - 2), last_frame], as diffusers'
+    `last_image` builds it.
     """
     first = frame_to_video(frame).to(models.device, models.vae.dtype)  # (3, 1, H, W)
     # built where the VAE runs: 81 frames at 480p are ~0.4 GB in fp32 on the host
-    video = torch.cat([first, first.new_zeros(3, num_frames - 1, *first.shape[2:])], dim=1)  # (3, F, H, W)
-    cond = encode_video(models, video)  # (16, T, h, w)
+    parts = [first, first.new_zeros(3, num_frames - 1 - (last_frame is not None), *first.shape[2:])]
+    if last_frame is not None:
+        parts.append(frame_to_video(last_frame).to(first))
+    cond = encode_video(models, torch.cat(parts, dim=1))  # (3, F, H, W) -> (16, T, h, w)
     _, T, h, w = cond.shape
-    return cond, first_frame_mask(T, h, w, cond)
+    return cond, frame_mask(num_frames, h, w, cond, last_known=last_frame is not None)
 
 
 def generate_story(
@@ -230,19 +263,26 @@ def generate_story(
     # 3. This job's adapter strengths: a `quality` job runs LightX2V at 0, the next `fast` job at its recipe's
     set_strengths(models, settings.lora_strengths)
 
-    # 4. Encode the anchor once per story
+    # 4. Encode the anchor once per story, and measure its colours when later segments are matched to them
     anchor = encode_image(models, photo_frame) if settings.chaining == "svi-pro" else None  # (16, 1, h, w)
+    anchor_colors = lab_stats(photo_frame[None], models.device) if settings.color_match == "anchor" else None
 
     # 5. One segment per prompt
     results = []
     for k in range(start_segment, num_segments):
         started = time.perf_counter()
+        loop_end = settings.loop and k == num_segments - 1  # a loop's last segment returns to the photo
         if settings.chaining == "svi-pro":
             motion_latent = carry[:, -1] if k > 0 else None  # z_{k-1}[:, -1], never a re-encoded frame
-            cond, mask = build_condition(anchor, motion_latent, settings.num_latent_frames)
+            cond, mask = build_condition(anchor, motion_latent, settings.num_latent_frames,
+                                         end_latent=anchor if loop_end else None)
         else:
             frame = photo_frame if k == 0 else carry.cpu().numpy()  # (H, W, 3) uint8
-            cond, mask = wan_condition(models, frame, settings.num_frames)
+            cond, mask = wan_condition(models, frame, settings.num_frames,
+                                       last_frame=photo_frame if loop_end else None)
+        if loop_end and settings.loop_strength != 1.0:
+            # a weaker end latent loosens the lock on the photo (WanVideoWrapper's end_latent_strength)
+            cond = torch.cat([cond[:, :-1], cond[:, -1:] * settings.loop_strength], dim=1)  # (16, T, h, w)
 
         def on_step(step: int, k: int = k) -> None:
             if on_progress is not None:
@@ -257,12 +297,18 @@ def generate_story(
                     seed=settings.seed + k, on_step=None if previews else on_step, should_cancel=should_cancel,
                     on_x0=on_x0 if previews else None)  # (16, T, h, w)
         frames = decode_latents(models, z)  # (F, H, W, 3)
+        # the frames this segment adds: not those repeating what the story already shows (the seam), nor
+        # those of a loop's end that repeat the first frame
+        tail = settings.loop_tail_frames if loop_end else 0
+        keep = slice(settings.seam_frames if k > 0 else 0, len(frames) - tail)
+        if anchor_colors is not None and k > 0:  # fitted on the added frames, applied to all (the carry too)
+            added = lab_stats(frames[keep], models.device)
+            frames = match_colors(frames, anchor_colors, models.device, source=added)
         if settings.chaining == "svi-pro":
             carry = z.cpu()
         else:
             carry = torch.from_numpy(frames[-1].copy())  # (H, W, 3) uint8
-        if k > 0:
-            frames = frames[settings.seam_frames:]  # the frames that repeat what the story already shows
+        frames = frames[keep]
         result = SegmentResult(index=k, prompt=prompts[k], frames=frames, carry=carry,
                                seconds=time.perf_counter() - started)
         del z, cond, mask

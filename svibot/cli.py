@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fast (default): 4 steps, no guidance, LightX2V; "
                         "quality: SVI 2.0 Pro's own 50 steps, guidance 5, no LightX2V")
     p.add_argument("--chaining", choices=["svi-pro", "last-frame"])
+    p.add_argument("--loop", action="store_true", default=None,
+                   help="end on the first frame, so the video plays seamlessly on repeat (changes the last segment)")
+    p.add_argument("--loop-strength", type=float, metavar="S", help="with --loop: end strength in (0, 1], default 1")
+    p.add_argument("--color-match", choices=["off", "anchor"], help="anchor: later segments take the photo's colours")
     p.add_argument("--out", type=Path, help="copy the stitched video here")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     engine_flags(p)

@@ -19,7 +19,8 @@ from .config import AppConfig
 from engine.models.presets import get_preset
 from engine.worker import Worker, resolve_settings
 
-SETTING_FLAGS = ("num_inference_steps", "guidance_high", "guidance_low", "chaining", "quality")
+SETTING_FLAGS = ("num_inference_steps", "guidance_high", "guidance_low", "chaining", "quality", "loop", "loop_strength",
+                 "color_match")
 TERMINAL = ("done", "failed", "cancelled")
 
 

@@ -222,7 +222,8 @@ def test_runs_headless_on_cpu_with_the_tiny_preset(tmp_path, monkeypatch):
     nb = read_notebook()
     data_dir = tmp_path / "data"
     set_form_fields(nb, PRESET="tiny (random weights, CPU test, no download)", INSTALL_FROM="already installed",
-                    DATA_DIR=str(data_dir), STORY="walk | run", SEED=3)
+                    DATA_DIR=str(data_dir), STORY="walk | run", SEED=3, LOOP=True,
+                    COLOR_MATCH="anchor (later segments keep the photo's colours)")
     NotebookClient(nb, kernel_name="python3", timeout=120,
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
 
@@ -233,7 +234,7 @@ def test_runs_headless_on_cpu_with_the_tiny_preset(tmp_path, monkeypatch):
     final = Path(re.search(r"^story: (.+)$", text, re.M)[1].strip())
     assert final.is_file() and final.is_relative_to(data_dir)
     frames, _ = imageio_ffmpeg.count_frames_and_secs(str(final))
-    assert frames > 0
+    assert frames == 13 + (13 - 5) - 4  # tiny's 13 frames; the loop drops the 4 that repeat the first frame
 
     everything = "\n".join(stream_text(c) for c in nb.cells if c.cell_type == "code")
     assert "GPU: none" in everything and "WARNING: no GPU" in everything

@@ -332,7 +332,7 @@ async def test_commands_sync_to_the_test_guild_when_one_is_set(fake, queue, data
     assert "global" not in fake.commands
     story = next(c for c in fake.commands[str(fake.guild_id)] if c["name"] == "story")
     assert [(o["name"], o.get("required", False)) for o in story["options"]] == [
-        ("prompts", True), ("image", False), ("seed", False)]
+        ("prompts", True), ("image", False), ("seed", False), ("loop", False), ("color_match", False)]
 
 
 @pytest.mark.parametrize("mode, nsfw, expected", [

@@ -45,15 +45,22 @@ def engine_latents(models, photo, prompts, settings, monkeypatch) -> list[torch.
     return seen, results
 
 
-def pipeline_latents(models, image: np.ndarray, settings, *, two_experts: bool, prompt: str = PROMPT,
-                     seed: int | None = None) -> torch.Tensor:
+def make_pipeline(models, settings, *, two_experts: bool) -> WanImageToVideoPipeline:
     pipe = WanImageToVideoPipeline(
         tokenizer=models.tokenizer, text_encoder=models.text_encoder, vae=models.vae,
         scheduler=ReferenceGrid(num_train_timesteps=1000, shift=settings.shift),
         transformer=models.transformer, transformer_2=models.transformer_2 if two_experts else None,
         boundary_ratio=settings.boundary_ratio if two_experts else None)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def pipeline_latents(models, image: np.ndarray, settings, *, two_experts: bool, prompt: str = PROMPT,
+                     seed: int | None = None, last_image: np.ndarray | None = None) -> torch.Tensor:
+    pipe = make_pipeline(models, settings, two_experts=two_experts)
     kwargs = {"guidance_scale_2": settings.guidance_low} if two_experts else {}
+    if last_image is not None:
+        kwargs["last_image"] = Image.fromarray(last_image)
     out = pipe(image=Image.fromarray(image), prompt=prompt, negative_prompt=settings.negative_prompt,
                height=settings.height, width=settings.width, num_frames=settings.num_frames,
                num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_high,
@@ -119,3 +126,36 @@ def test_prompts_are_cleaned_like_the_pipeline_cleans_them(tiny_models, photo, p
     monkeypatch.setattr(svi, "clean_prompt", lambda text: text)
     (raw,), _ = engine_latents(tiny_models, photo, [PROMPT], settings, monkeypatch)
     assert not torch.allclose(z, raw, atol=1e-4)
+
+
+# -- loops: the end frame as diffusers' `last_image` puts it --------------------------------------------------
+def test_loop_end_condition_and_mask_are_prepare_latents_with_last_image(tiny_models, photo, plain_wan):
+    """The last segment of a last-frame loop: VAE([last frame of k-1, black x (F - 2), photo]) and a mask with
+    frame 0 (4 times) and the final frame known, i.e. [0, 0, 0, 1] on the final latent (pipeline_wan_i2v.py
+    `prepare_latents(image, ..., last_image)`)."""
+    from tests.support.engine_helpers import record_story
+
+    settings = replace(plain_wan, loop=True)
+    rec = record_story(tiny_models, photo, ["a man walks", PROMPT], settings)
+    x = next(x for k, _, _, x in rec.calls if k == 1)[0]  # (36, T, h, w): noise, mask, condition
+
+    pipe = make_pipeline(tiny_models, settings, two_experts=True)
+    H, W = settings.height, settings.width
+    image = pipe.video_processor.preprocess(Image.fromarray(rec.results[0].carry.numpy()), height=H, width=W)
+    last = pipe.video_processor.preprocess(Image.fromarray(photo_frame(photo, settings)), height=H, width=W)
+    _, condition = pipe.prepare_latents(image, 1, 16, H, W, settings.num_frames, torch.float32, torch.device("cpu"),
+                                        torch.Generator("cpu").manual_seed(0), last_image=last)
+    assert condition.shape == (1, 20, settings.num_latent_frames, H // 8, W // 8)
+    torch.testing.assert_close(x[16:36], condition[0], rtol=1e-5, atol=1e-5)
+    assert condition[0, :4, -1, 0, 0].tolist() == [0.0, 0.0, 0.0, 1.0]  # only the last of its 4 frames is known
+    assert x[16:20, -1, 0, 0].tolist() == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_one_prompt_loop_is_the_pipeline_from_the_photo_to_the_photo(tiny_models, photo, plain_wan, monkeypatch):
+    settings = replace(plain_wan, loop=True, boundary_ratio=0.875, num_inference_steps=4)
+    (z,), _ = engine_latents(tiny_models, photo, [PROMPT], settings, monkeypatch)
+    frame = photo_frame(photo, settings)
+    ref = pipeline_latents(tiny_models, frame, settings, two_experts=True, last_image=frame)
+    torch.testing.assert_close(z, ref.float(), rtol=1e-4, atol=1e-4)
+    plain = pipeline_latents(tiny_models, frame, settings, two_experts=True)  # teeth: without the end it differs
+    assert (plain.float() - z).abs().max() > 1e-3
