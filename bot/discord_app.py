@@ -16,12 +16,12 @@ from storage.queue import JobQueue
 from storage.redact import add_secret
 from storage.validate import check_photo_size
 
-from . import intake, texts
+from . import forget, intake, texts
 from .access import AccessDenied, check_allowed
 from .config import BotConfig, DiscordConfig
 from .discord_settings import SettingButton, settings as settings_command
 from .discord_delivery import DEFAULT_UPLOAD_LIMIT, PLATFORM, DiscordDeliverer
-from .discord_views import CancelButton, RerollButton, StoryModal
+from .discord_views import CancelButton, ForgetButton, RerollButton, StoryModal, forget_view
 from .outbox import STATUS_REPLY_META, Outbox, OutboxConfig
 from .texts import DISCORD_CONTENT_CHARS, fit
 
@@ -54,7 +54,7 @@ class SviClient(discord.Client):
 
     async def setup_hook(self) -> None:
         # Buttons of status messages sent before a restart match these templates again.
-        self.add_dynamic_items(CancelButton, RerollButton, SettingButton)
+        self.add_dynamic_items(CancelButton, RerollButton, SettingButton, ForgetButton)
         if self.config.guild_id is not None:
             guild = discord.Object(id=self.config.guild_id)
             self.tree.copy_global_to(guild=guild)
@@ -123,6 +123,18 @@ class SviClient(discord.Client):
         await _reply(interaction, queued.text)
         await self._post_status(queued)
 
+    async def press_forget(self, interaction: discord.Interaction, confirmed: bool, user_id: int) -> None:
+        """The /forget question's buttons: only the user who asked may answer; the question becomes the result."""
+        if interaction.user.id != user_id:
+            await _reply(interaction, forget.NOT_YOURS)
+            return
+        if confirmed:
+            text = await forget.forget(self.queue, platform=PLATFORM, user_id=str(user_id))
+        else:
+            text = forget.KEPT
+        # The question turns into the outcome, without buttons, so it cannot be pressed twice.
+        await interaction.response.edit_message(content=fit(text, DISCORD_CONTENT_CHARS), view=None)
+
     async def on_button_error(self, interaction: discord.Interaction, error: Exception) -> None:
         """The buttons' error handler: log first, then tell the presser once."""
         log.error("button %s failed", (interaction.data or {}).get("custom_id"), exc_info=error)
@@ -186,6 +198,17 @@ async def help_(interaction: discord.Interaction[SviClient]) -> None:
     await _reply(interaction, text)
 
 
+async def forget_(interaction: discord.Interaction[SviClient]) -> None:
+    """Delete all your jobs, photos and videos now (asks first)."""
+    client = interaction.client
+    text, anything = await forget.ask(client.queue, platform=PLATFORM, user_id=str(interaction.user.id))
+    if not anything:
+        await _reply(interaction, text)
+        return
+    view = forget_view(interaction.user.id, forget.CONFIRM_LABEL, forget.KEEP_LABEL)
+    await interaction.response.send_message(fit(text, DISCORD_CONTENT_CHARS), view=view, ephemeral=True)
+
+
 async def story_from_message(interaction: discord.Interaction[SviClient], message: discord.Message) -> None:
     """Context menu: ask for the prompts, then make a story from the message's image.
 
@@ -228,6 +251,7 @@ def build_tree(client: SviClient) -> app_commands.CommandTree:
     tree.add_command(app_commands.command(name="stats")(stats))
     tree.add_command(app_commands.command(name="settings")(settings_command))
     tree.add_command(app_commands.command(name="help")(help_))
+    tree.add_command(app_commands.command(name="forget")(forget_))
     tree.add_command(app_commands.ContextMenu(name=CONTEXT_MENU_NAME, callback=story_from_message))
     tree.on_error = on_tree_error
     return tree

@@ -42,6 +42,7 @@ COMMANDS = [
     BotCommand("cancel", "cancel your job: /cancel [job]"),
     BotCommand("settings", "your defaults: quality, loop, colour match, chaining, seed"),
     BotCommand("help", "how to use the bot, limits and queue length"),
+    BotCommand("forget", "delete all your jobs, photos and videos now"),
     BotCommand("queue", "the whole queue (admins)"),
     BotCommand("stats", "usage of the last 7 days (admins)"),
 ]
@@ -172,6 +173,8 @@ def build_application(config: TelegramConfig, bot_config: BotConfig, queue: JobQ
     app.add_handler(MessageHandler(photo_or_file & ~story_caption, h.remember_photo))
     app.add_handler(CallbackQueryHandler(h.button, pattern=r"^(cancel|reroll):"))
     app.add_handler(CallbackQueryHandler(telegram_settings.settings_button, pattern=telegram_settings.CALLBACK_PATTERN))
+    app.add_handler(CommandHandler("forget", h.forget_command))
+    app.add_handler(CallbackQueryHandler(h.forget_button, pattern=r"^forget:"))
     app.add_error_handler(h.on_error)
     return app
 
