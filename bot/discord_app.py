@@ -33,6 +33,7 @@ CONTEXT_MENU_NAME = "Make a story from this image"
 HOW_TO = ["Example: /story prompts: a cat walks | the cat runs | the cat flies  image: <your photo>",
           f'Or right-click a message with a photo: Apps > "{CONTEXT_MENU_NAME}".',
           "Buttons under the status message cancel the job or re-roll it with a new seed."]
+MAX_RATELIMIT_WAIT_S = 30.0  # the smallest value discord.py accepts
 TOKEN_REJECTED = "the Discord token was rejected; check DISCORD_BOT_TOKEN"
 REPLY_FAILED = "Sorry, I could not show the answer here. Please try again."
 
@@ -44,7 +45,10 @@ class SviClient(discord.Client):
         # Slash commands, buttons and modals arrive as interactions; the guilds intent keeps the
         # channel cache that tells an age-restricted channel apart. No privileged intents needed.
         # Nothing the bot posts pings anyone: prompts and captions may carry @everyone or <@id>.
-        super().__init__(intents=discord.Intents(guilds=True), allowed_mentions=discord.AllowedMentions.none())
+        # A rate limit longer than MAX_RATELIMIT_WAIT_S raises discord.RateLimited instead of
+        # sleeping inside the request, so the outbox retries later rather than stalling.
+        super().__init__(intents=discord.Intents(guilds=True), allowed_mentions=discord.AllowedMentions.none(),
+                         max_ratelimit_timeout=MAX_RATELIMIT_WAIT_S)
         self.config = config
         self.bot_config = bot_config
         self.queue = queue
@@ -312,7 +316,8 @@ async def run_discord(config: DiscordConfig, bot_config: BotConfig, queue: JobQu
     client = SviClient(config, bot_config, queue, data_dir)
     outbox = Outbox(queue, client.deliverer, OutboxConfig(edit_interval_s=config.edit_interval_s,
                                                            poll_interval_s=bot_config.poll_interval_s,
-                                                           shutdown_grace_s=bot_config.shutdown_grace_s))
+                                                           shutdown_grace_s=bot_config.shutdown_grace_s,
+                                                           retry_base_s=bot_config.retry_base_s))
     async with client:
         client_task = asyncio.create_task(client.start(config.token), name="discord-client")
         outbox_task = asyncio.create_task(outbox.run(stop), name="discord-outbox")

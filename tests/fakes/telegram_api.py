@@ -2,7 +2,7 @@
 
 It serves the methods the bot calls, records what it receives, lets a test inject user updates
 (messages, photos, documents, button presses), fake file sizes, errors (429 flood control, 4xx,
-5xx, failed file downloads, a rejected token) and requests that hang. Like the real Bot API it
+5xx, failed file downloads, a rejected token), dropped connections and requests that hang. Like the real Bot API it
 refuses texts over the length limits (4096 per message, 1024 per caption, 200 per button answer).
 """
 from __future__ import annotations
@@ -85,6 +85,7 @@ class FakeTelegram:
         self._failures: dict[str, list[tuple[int, str, int]]] = {}  # method -> (status, description, retry)
         self._download_failures: list[int] = []  # HTTP statuses for the next file downloads
         self._hanging: set[str] = set()  # methods whose next call never answers
+        self._drops: dict[str, int] = {}  # method -> calls whose connection is closed without an answer
         self._release = asyncio.Event()
         self.get_me_status: int | None = None  # e.g. 401 or 404: getMe refuses the token
         self._changed = asyncio.Condition()
@@ -135,6 +136,10 @@ class FakeTelegram:
     def fail_downloads(self, times: int = 1, status: int = 404) -> None:
         """Answer the next `times` file downloads (GET /file/bot<token>/...) with `status`."""
         self._download_failures.extend([status] * times)
+
+    def drop_next(self, method: str, times: int = 1) -> None:
+        """Close the connection of the next `times` calls of `method` before answering (nothing is done)."""
+        self._drops[method] = self._drops.get(method, 0) + times
 
     def hang_next(self, method: str) -> None:
         """The next call of `method` is received but never answered (until the server stops)."""
@@ -275,6 +280,11 @@ class FakeTelegram:
         params, files = await self._read_params(request)
         self.calls.append((method, params))
         try:
+            if self._drops.get(method):
+                self._drops[method] -= 1
+                self.rejected.append((method, 0))
+                request.transport.close()  # the client sees the server disconnect mid-request
+                return web.Response(status=204)
             if self._failures.get(method):
                 status, description, retry_after = self._failures[method].pop(0)
                 self.rejected.append((method, status))
