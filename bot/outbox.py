@@ -112,7 +112,6 @@ class Outbox:
             wait = self.config.poll_interval_s
             try:
                 await self._round(stop)
-                self._failures_in_a_row = 0
             except RetryLater as err:
                 self.retries += 1
                 if err.seconds is None:
@@ -186,6 +185,7 @@ class Outbox:
                               event.kind, job.id)
                 failed_jobs.add(job.id)
                 continue
+            self._failures_in_a_row = 0  # the platform answered: the next failure backs off from the start
             if done:
                 marked += await self._mark(event, message_id)
         return marked

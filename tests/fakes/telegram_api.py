@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import json
 import time
 from collections.abc import Callable
@@ -85,6 +86,7 @@ class FakeTelegram:
         self._failures: dict[str, list[tuple[int, str, int]]] = {}  # method -> (status, description, retry)
         self._download_failures: list[int] = []  # HTTP statuses for the next file downloads
         self._hanging: set[str] = set()  # methods whose next call never answers
+        self._random_faults: tuple[float, dict[str, list[int]], random.Random] | None = None
         self._drops: dict[str, int] = {}  # method -> calls whose connection is closed without an answer
         self._release = asyncio.Event()
         self.get_me_status: int | None = None  # e.g. 401 or 404: getMe refuses the token
@@ -140,6 +142,11 @@ class FakeTelegram:
     def drop_next(self, method: str, times: int = 1) -> None:
         """Close the connection of the next `times` calls of `method` before answering (nothing is done)."""
         self._drops[method] = self._drops.get(method, 0) + times
+
+    def random_faults(self, rate: float, faults: dict[str, list[int]], seed: int = 0) -> None:
+        """From now on each call of a method in `faults` fails with probability `rate`, with one of
+        its statuses drawn at random (429 flood control, 5xx, or 0: the connection is dropped)."""
+        self._random_faults = (rate, faults, random.Random(seed))
 
     def hang_next(self, method: str) -> None:
         """The next call of `method` is received but never answered (until the server stops)."""
@@ -279,6 +286,14 @@ class FakeTelegram:
         method = request.match_info["method"]
         params, files = await self._read_params(request)
         self.calls.append((method, params))
+        if self._random_faults is not None:
+            rate, faults, rng = self._random_faults
+            if faults.get(method) and rng.random() < rate:
+                status = rng.choice(faults[method])
+                if status == 0:
+                    self.drop_next(method)
+                else:
+                    self.fail_next(method, status=status, retry_after=1)
         try:
             if self._drops.get(method):
                 self._drops[method] -= 1
