@@ -51,6 +51,7 @@ class BotConfig:
     limits: Limits = field(default_factory=Limits)
     poll_interval_s: float = 1.0  # how often the outbox looks for new events
     shutdown_grace_s: float = 10.0  # on stop, how long a delivery in flight may still take
+    retry_base_s: float = 2.0  # the outbox's first backoff after a 5xx, timeout or dropped connection
     blocked_words: BlockedWords = field(default_factory=BlockedWords)  # stories naming one are refused
 
     def __post_init__(self) -> None:

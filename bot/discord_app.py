@@ -17,12 +17,12 @@ from storage.queue import JobQueue
 from storage.redact import add_secret
 from storage.validate import check_photo_size
 
-from . import intake, texts
+from . import forget, intake, texts
 from .access import AccessDenied, check_allowed
 from .config import BotConfig, DiscordConfig
 from .discord_settings import SettingButton, settings as settings_command
 from .discord_delivery import DEFAULT_UPLOAD_LIMIT, PLATFORM, DiscordDeliverer
-from .discord_views import CancelButton, RerollButton, StoryModal
+from .discord_views import CancelButton, ForgetButton, RerollButton, StoryModal, forget_view
 from .outbox import STATUS_REPLY_META, Outbox, OutboxConfig
 from .texts import DISCORD_CONTENT_CHARS, fit
 
@@ -37,6 +37,7 @@ HOW_TO = ["Example: /story prompts: a cat walks | the cat runs | the cat flies  
           "",
           "Options: loop:True, color_match:anchor (or write them before the prompts: loop: color:anchor walk | run).",
           *texts.OPTIONS_HELP]
+MAX_RATELIMIT_WAIT_S = 30.0  # the smallest value discord.py accepts
 TOKEN_REJECTED = "the Discord token was rejected; check DISCORD_BOT_TOKEN"
 REPLY_FAILED = "Sorry, I could not show the answer here. Please try again."
 
@@ -48,7 +49,10 @@ class SviClient(discord.Client):
         # Slash commands, buttons and modals arrive as interactions; the guilds intent keeps the
         # channel cache that tells an age-restricted channel apart. No privileged intents needed.
         # Nothing the bot posts pings anyone: prompts and captions may carry @everyone or <@id>.
-        super().__init__(intents=discord.Intents(guilds=True), allowed_mentions=discord.AllowedMentions.none())
+        # A rate limit longer than MAX_RATELIMIT_WAIT_S raises discord.RateLimited instead of
+        # sleeping inside the request, so the outbox retries later rather than stalling.
+        super().__init__(intents=discord.Intents(guilds=True), allowed_mentions=discord.AllowedMentions.none(),
+                         max_ratelimit_timeout=MAX_RATELIMIT_WAIT_S)
         self.config = config
         self.bot_config = bot_config
         self.queue = queue
@@ -58,7 +62,7 @@ class SviClient(discord.Client):
 
     async def setup_hook(self) -> None:
         # Buttons of status messages sent before a restart match these templates again.
-        self.add_dynamic_items(CancelButton, RerollButton, SettingButton)
+        self.add_dynamic_items(CancelButton, RerollButton, SettingButton, ForgetButton)
         if self.config.guild_id is not None:
             guild = discord.Object(id=self.config.guild_id)
             self.tree.copy_global_to(guild=guild)
@@ -129,6 +133,18 @@ class SviClient(discord.Client):
         await _reply(interaction, queued.text)
         await self._post_status(queued)
 
+    async def press_forget(self, interaction: discord.Interaction, confirmed: bool, user_id: int) -> None:
+        """The /forget question's buttons: only the user who asked may answer; the question becomes the result."""
+        if interaction.user.id != user_id:
+            await _reply(interaction, forget.NOT_YOURS)
+            return
+        if confirmed:
+            text = await forget.forget(self.queue, platform=PLATFORM, user_id=str(user_id))
+        else:
+            text = forget.KEPT
+        # The question turns into the outcome, without buttons, so it cannot be pressed twice.
+        await interaction.response.edit_message(content=fit(text, DISCORD_CONTENT_CHARS), view=None)
+
     async def on_button_error(self, interaction: discord.Interaction, error: Exception) -> None:
         """The buttons' error handler: log first, then tell the presser once."""
         log.error("button %s failed", (interaction.data or {}).get("custom_id"), exc_info=error)
@@ -197,6 +213,17 @@ async def help_(interaction: discord.Interaction[SviClient]) -> None:
     await _reply(interaction, text)
 
 
+async def forget_(interaction: discord.Interaction[SviClient]) -> None:
+    """Delete all your jobs, photos and videos now (asks first)."""
+    client = interaction.client
+    text, anything = await forget.ask(client.queue, platform=PLATFORM, user_id=str(interaction.user.id))
+    if not anything:
+        await _reply(interaction, text)
+        return
+    view = forget_view(interaction.user.id, forget.CONFIRM_LABEL, forget.KEEP_LABEL)
+    await interaction.response.send_message(fit(text, DISCORD_CONTENT_CHARS), view=view, ephemeral=True)
+
+
 async def story_from_message(interaction: discord.Interaction[SviClient], message: discord.Message) -> None:
     """Context menu: ask for the prompts, then make a story from the message's image.
 
@@ -239,6 +266,7 @@ def build_tree(client: SviClient) -> app_commands.CommandTree:
     tree.add_command(app_commands.command(name="stats")(stats))
     tree.add_command(app_commands.command(name="settings")(settings_command))
     tree.add_command(app_commands.command(name="help")(help_))
+    tree.add_command(app_commands.command(name="forget")(forget_))
     tree.add_command(app_commands.ContextMenu(name=CONTEXT_MENU_NAME, callback=story_from_message))
     tree.on_error = on_tree_error
     return tree
@@ -299,7 +327,8 @@ async def run_discord(config: DiscordConfig, bot_config: BotConfig, queue: JobQu
     client = SviClient(config, bot_config, queue, data_dir)
     outbox = Outbox(queue, client.deliverer, OutboxConfig(edit_interval_s=config.edit_interval_s,
                                                            poll_interval_s=bot_config.poll_interval_s,
-                                                           shutdown_grace_s=bot_config.shutdown_grace_s))
+                                                           shutdown_grace_s=bot_config.shutdown_grace_s,
+                                                           retry_base_s=bot_config.retry_base_s))
     async with client:
         client_task = asyncio.create_task(client.start(config.token), name="discord-client")
         outbox_task = asyncio.create_task(outbox.run(stop), name="discord-outbox")

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import aiohttp
 import discord
 
 from storage.models import Job
@@ -119,7 +120,8 @@ class DiscordDeliverer:
 async def _call(make: Callable[[], Awaitable[T]]) -> T:
     """Run one Discord request, mapping its errors onto the outbox's retry/drop vocabulary.
 
-    discord.py already sleeps through short 429s itself; `RateLimited` only comes for long ones.
+    discord.py sleeps through short 429s and retries 5xx answers itself; `RateLimited` only comes
+    for waits over the client's `max_ratelimit_timeout`.
     """
     try:
         return await make()
@@ -127,5 +129,7 @@ async def _call(make: Callable[[], Awaitable[T]]) -> T:
         raise RetryLater(err.retry_after) from err
     except (discord.NotFound, discord.Forbidden) as err:
         raise Undeliverable(f"Discord refused it: {err}") from err
-    except discord.DiscordServerError as err:
-        raise RetryLater(5.0) from err
+    except discord.DiscordServerError as err:  # discord.py already retried the 5xx a few times
+        raise RetryLater() from err
+    except (aiohttp.ClientError, asyncio.TimeoutError) as err:  # a dropped connection or a timeout
+        raise RetryLater() from err

@@ -22,6 +22,8 @@ class StoryActions(Protocol):
 
     async def on_button_error(self, interaction: discord.Interaction, error: Exception) -> None: ...
 
+    async def press_forget(self, interaction: discord.Interaction, confirmed: bool, user_id: int) -> None: ...
+
 
 def _actions(interaction: discord.Interaction) -> StoryActions:
     return interaction.client  # type: ignore[return-value]
@@ -71,6 +73,37 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"svibot:
             await _actions(interaction).press_reroll(interaction, self.job_id)
         except Exception as err:
             await _actions(interaction).on_button_error(interaction, err)
+
+
+class ForgetButton(discord.ui.DynamicItem[discord.ui.Button],
+                   template=r"svibot:forget:(?P<answer>yes|no):(?P<user_id>[0-9]+)"):
+    """The /forget question's two buttons; the custom id names the user who asked."""
+
+    def __init__(self, confirmed: bool, user_id: int, label: str = "") -> None:
+        super().__init__(discord.ui.Button(
+            label=label or ("Delete everything" if confirmed else "Keep"),
+            style=discord.ButtonStyle.danger if confirmed else discord.ButtonStyle.secondary,
+            custom_id=f"svibot:forget:{'yes' if confirmed else 'no'}:{user_id}"))
+        self.confirmed = confirmed
+        self.user_id = user_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> "ForgetButton":
+        return cls(match["answer"] == "yes", int(match["user_id"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await _actions(interaction).press_forget(interaction, self.confirmed, self.user_id)
+        except Exception as err:
+            await _actions(interaction).on_button_error(interaction, err)
+
+
+def forget_view(user_id: int, confirm_label: str, keep_label: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(ForgetButton(True, user_id, confirm_label))
+    view.add_item(ForgetButton(False, user_id, keep_label))
+    return view
 
 
 def status_view(job_id: int, *, active: bool) -> discord.ui.View:

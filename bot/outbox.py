@@ -38,11 +38,13 @@ MAX_PREVIEW_BYTES = 512 * 1024  # a strip is a few KB; anything far larger is no
 
 
 class RetryLater(Exception):
-    """The platform asked us to slow down (HTTP 429) or is briefly unreachable."""
+    """The platform asked us to slow down (HTTP 429: `seconds` says how long) or is briefly
+    unreachable (5xx, a timeout, a dropped connection: `seconds` is None and the outbox backs off,
+    doubling the wait on each failure in a row)."""
 
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"retry in {seconds:.1f} s")
-        self.seconds = float(seconds)
+    def __init__(self, seconds: float | None = None) -> None:
+        super().__init__("retry with backoff" if seconds is None else f"retry in {seconds:.1f} s")
+        self.seconds = None if seconds is None else float(seconds)
 
 
 class Undeliverable(Exception):
@@ -78,7 +80,8 @@ class OutboxConfig:
     poll_interval_s: float = 1.0
     batch_size: int = 100
     status_grace_s: float = 30.0  # how long to wait for the adapter to record a job's status message
-    max_retry_wait_s: float = 60.0  # a flood wait longer than this is cut, then retried
+    max_retry_wait_s: float = 60.0  # a flood wait or backoff longer than this is cut, then retried
+    retry_base_s: float = 2.0  # first backoff after a 5xx, timeout or dropped connection
     shutdown_grace_s: float = 10.0  # on stop, how long an upload in flight may still take
 
 
@@ -95,6 +98,8 @@ class Outbox:
         self._last_edit: dict[str, float] = {}  # chat id -> clock() of the last status edit
         self._shown: dict[int, str] = {}  # job id -> status text last shown
         self._sent: dict[tuple[int, str], str] = {}  # (event id, part) -> message id, for partial events
+        self.retries = 0  # rounds cut short by RetryLater, for logs and the soak's numbers
+        self._failures_in_a_row = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set. Flood waits and errors never lose an event.
@@ -108,8 +113,15 @@ class Outbox:
             try:
                 await self._round(stop)
             except RetryLater as err:
-                wait = min(max(err.seconds, wait), self.config.max_retry_wait_s)
-                log.warning("%s asked to slow down; waiting %.1f s", self.deliverer.platform, wait)
+                self.retries += 1
+                if err.seconds is None:
+                    wait = self.config.retry_base_s * 2 ** min(self._failures_in_a_row, 16)
+                    self._failures_in_a_row += 1
+                else:
+                    wait = max(err.seconds, wait)
+                wait = min(wait, self.config.max_retry_wait_s)
+                log.warning("%s asked to slow down or is unreachable (%s); waiting %.1f s",
+                            self.deliverer.platform, err.__cause__ or err, wait)
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=wait)
                 except asyncio.TimeoutError:
@@ -173,6 +185,7 @@ class Outbox:
                               event.kind, job.id)
                 failed_jobs.add(job.id)
                 continue
+            self._failures_in_a_row = 0  # the platform answered: the next failure backs off from the start
             if done:
                 marked += await self._mark(event, message_id)
         return marked

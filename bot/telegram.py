@@ -13,6 +13,7 @@ from telegram.error import BadRequest, ChatMigrated, Forbidden, InvalidToken, Ne
 from telegram.ext import (
     Application,
     ApplicationBuilder,
+    AIORateLimiter,
     CallbackQueryHandler,
     CommandHandler,
     MessageHandler,
@@ -42,10 +43,12 @@ COMMANDS = [
     BotCommand("cancel", "cancel your job: /cancel [job]"),
     BotCommand("settings", "your defaults: quality, loop, colour match, chaining, seed"),
     BotCommand("help", "how to use the bot, limits and queue length"),
+    BotCommand("forget", "delete all your jobs, photos and videos now"),
     BotCommand("queue", "the whole queue (admins)"),
     BotCommand("stats", "usage of the last 7 days (admins)"),
 ]
 UPLOAD_TIMEOUT_S = 600.0  # a 50 MB upload on a slow Colab uplink takes minutes
+RATE_LIMIT_RETRIES = 2  # 429s that PTB waits out per request before the outbox takes over
 TOKEN_REJECTED = "the Telegram token was rejected; check TELEGRAM_BOT_TOKEN"
 
 
@@ -79,7 +82,7 @@ class TelegramDeliverer:
         except NetworkError as err:
             if "too large" in str(err).lower():  # HTTP 413: the upload limit is set above the server's
                 raise Undeliverable(str(err)) from err
-            raise RetryLater(2.0) from err  # timeouts and dropped connections: try again shortly
+            raise RetryLater() from err  # 5xx, timeouts and dropped connections: back off, try again
 
     async def show_status(self, job: Job, text: str, *, active: bool, preview: bytes | None = None) -> str:
         message_id = await self._show_text(job, text, active=active)
@@ -153,6 +156,9 @@ def build_application(config: TelegramConfig, bot_config: BotConfig, queue: JobQ
         .get_updates_read_timeout(config.poll_timeout_s + 5.0)
         .media_write_timeout(UPLOAD_TIMEOUT_S)
         .job_queue(None)  # scheduling lives in the storage queue, not in PTB
+        # Telegram's limits (30 messages/s overall, 20/min per group) are kept before sending, and a
+        # 429 is sat out and retried by PTB itself; one that still fails reaches the outbox.
+        .rate_limiter(AIORateLimiter(max_retries=RATE_LIMIT_RETRIES))
         .build()
     )
     app.bot_data[h.DEPS_KEY] = h.TelegramDeps(
@@ -172,6 +178,8 @@ def build_application(config: TelegramConfig, bot_config: BotConfig, queue: JobQ
     app.add_handler(MessageHandler(photo_or_file & ~story_caption, h.remember_photo))
     app.add_handler(CallbackQueryHandler(h.button, pattern=r"^(cancel|reroll):"))
     app.add_handler(CallbackQueryHandler(telegram_settings.settings_button, pattern=telegram_settings.CALLBACK_PATTERN))
+    app.add_handler(CommandHandler("forget", h.forget_command))
+    app.add_handler(CallbackQueryHandler(h.forget_button, pattern=r"^forget:"))
     app.add_error_handler(h.on_error)
     return app
 
@@ -186,7 +194,7 @@ async def run_telegram(config: TelegramConfig, bot_config: BotConfig, queue: Job
     app = build_application(config, bot_config, queue, data_dir)
     outbox = Outbox(queue, TelegramDeliverer(app.bot, config), OutboxConfig(
         edit_interval_s=config.edit_interval_s, poll_interval_s=bot_config.poll_interval_s,
-        shutdown_grace_s=bot_config.shutdown_grace_s))
+        shutdown_grace_s=bot_config.shutdown_grace_s, retry_base_s=bot_config.retry_base_s))
     rejected = False
     try:
         async with app:  # initialize() checks the token with getMe; shutdown() on exit

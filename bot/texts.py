@@ -86,6 +86,7 @@ def help_text(limits: Limits, *, queue_length: int, workers_online: int, command
         f"Queue: {queue_length} job(s) waiting or running; {worker}.",
         "",
         f"{p}status: your jobs   {p}cancel [job]: cancel a job   {p}help: this text",
+        f"{p}forget: delete all your jobs, photos and videos now (asks first)",
         "",
         RESPONSIBLE_USE,
     ])

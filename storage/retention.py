@@ -41,12 +41,15 @@ class RetentionVerbs:
 
     async def forget_user(self, platform: str, user_id: str) -> Deleted:
         """Delete every job of one user on one platform, running ones too (their worker loses the
-        lease at its next step and stops), with all their files."""
+        lease at its next step and stops), with all their files, their settings and their refused stories."""
         rows = await self._db.fetchall(
             "SELECT id FROM jobs WHERE platform = ? AND user_id = ? ORDER BY id", platform, str(user_id))
         deleted = await self.delete_jobs([r[0] for r in rows])
-        async with self._db.tx() as s:  # their story defaults are theirs too
+        async with self._db.tx() as s:
+            # their story defaults are theirs too
             await s.execute("DELETE FROM user_settings WHERE platform = ? AND user_id = ?", platform, str(user_id))
+            # a refusal row keeps the user's id and the words it matched
+            await s.execute("DELETE FROM refusals WHERE platform = ? AND user_id = ?", platform, str(user_id))
         return deleted
 
     async def delete_jobs(self, job_ids: Iterable[int]) -> Deleted:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import shutil
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -58,7 +59,8 @@ class ScriptedWorker:
     """Claim a job, report progress, record each segment, then complete it, step by step."""
 
     def __init__(self, queue: JobQueue, data_dir: DataDir, *, frames_per_segment: int = 9,
-                 num_steps: int = 2, step_delay_s: float = 0.0, previews: bool = False) -> None:
+                 num_steps: int = 2, step_delay_s: float = 0.0, previews: bool = False,
+                 reuse_renders: bool = False) -> None:
         self.queue = queue
         self.data_dir = data_dir
         self.frames_per_segment = frames_per_segment
@@ -66,6 +68,19 @@ class ScriptedWorker:
         self.step_delay_s = step_delay_s
         self.previews = previews  # each progress event carries a preview, as with SVIBOT_PREVIEW=on
         self.id = WorkerId.current()
+        # reuse_renders: encode each distinct clip once and copy it after, for runs of many stories
+        self._renders: dict[tuple[int, int], Path] | None = {} if reuse_renders else None
+
+    def _write(self, path: Path, num_frames: int, shade: int) -> Path:
+        if self._renders is None:
+            return write_mp4(path, num_frames, shade=shade)
+        key = (num_frames, shade)
+        if key not in self._renders:
+            self._renders[key] = write_mp4(self.data_dir.root / "renders" / f"{num_frames}_{shade}.mp4",
+                                           num_frames, shade=shade)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self._renders[key], path)
+        return path
 
     async def online(self) -> None:
         await self.queue.worker_seen(self.id, preset="scripted")
@@ -86,8 +101,8 @@ class ScriptedWorker:
                 await asyncio.sleep(self.step_delay_s)
 
     async def segment(self, job: Job, index: int) -> Path:
-        path = await asyncio.to_thread(write_mp4, self.data_dir.segment_video(job.id, index),
-                                       self.frames_per_segment, shade=index)
+        path = await asyncio.to_thread(self._write, self.data_dir.segment_video(job.id, index),
+                                       self.frames_per_segment, index)
         await self.queue.record_segment(
             job.id, self.id, index=index, prompt=job.prompts[index], video_path=path, carry_path=None,
             num_frames=self.frames_per_segment, duration_s=self.frames_per_segment / FPS, gen_seconds=0.1)
@@ -95,7 +110,7 @@ class ScriptedWorker:
 
     async def complete(self, job: Job) -> Path:
         total = self.frames_per_segment * job.num_segments
-        path = await asyncio.to_thread(write_mp4, self.data_dir.story_video(job.id), total, shade=7)
+        path = await asyncio.to_thread(self._write, self.data_dir.story_video(job.id), total, 7)
         await self.queue.complete(job.id, self.id, path, {
             "num_segments": job.num_segments, "duration_s": total / FPS, "num_frames": total})
         return path

@@ -2,13 +2,14 @@
 
 It serves the methods the bot calls, records what it receives, lets a test inject user updates
 (messages, photos, documents, button presses), fake file sizes, errors (429 flood control, 4xx,
-5xx, failed file downloads, a rejected token) and requests that hang. Like the real Bot API it
+5xx, failed file downloads, a rejected token), dropped connections and requests that hang. Like the real Bot API it
 refuses texts over the length limits (4096 per message, 1024 per caption, 200 per button answer).
 """
 from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import json
 import time
 from collections.abc import Callable
@@ -85,6 +86,8 @@ class FakeTelegram:
         self._failures: dict[str, list[tuple[int, str, int]]] = {}  # method -> (status, description, retry)
         self._download_failures: list[int] = []  # HTTP statuses for the next file downloads
         self._hanging: set[str] = set()  # methods whose next call never answers
+        self._random_faults: tuple[float, dict[str, list[int]], random.Random] | None = None
+        self._drops: dict[str, int] = {}  # method -> calls whose connection is closed without an answer
         self._release = asyncio.Event()
         self.get_me_status: int | None = None  # e.g. 401 or 404: getMe refuses the token
         self._changed = asyncio.Condition()
@@ -135,6 +138,15 @@ class FakeTelegram:
     def fail_downloads(self, times: int = 1, status: int = 404) -> None:
         """Answer the next `times` file downloads (GET /file/bot<token>/...) with `status`."""
         self._download_failures.extend([status] * times)
+
+    def drop_next(self, method: str, times: int = 1) -> None:
+        """Close the connection of the next `times` calls of `method` before answering (nothing is done)."""
+        self._drops[method] = self._drops.get(method, 0) + times
+
+    def random_faults(self, rate: float, faults: dict[str, list[int]], seed: int = 0) -> None:
+        """From now on each call of a method in `faults` fails with probability `rate`, with one of
+        its statuses drawn at random (429 flood control, 5xx, or 0: the connection is dropped)."""
+        self._random_faults = (rate, faults, random.Random(seed))
 
     def hang_next(self, method: str) -> None:
         """The next call of `method` is received but never answered (until the server stops)."""
@@ -274,7 +286,20 @@ class FakeTelegram:
         method = request.match_info["method"]
         params, files = await self._read_params(request)
         self.calls.append((method, params))
+        if self._random_faults is not None:
+            rate, faults, rng = self._random_faults
+            if faults.get(method) and rng.random() < rate:
+                status = rng.choice(faults[method])
+                if status == 0:
+                    self.drop_next(method)
+                else:
+                    self.fail_next(method, status=status, retry_after=1)
         try:
+            if self._drops.get(method):
+                self._drops[method] -= 1
+                self.rejected.append((method, 0))
+                request.transport.close()  # the client sees the server disconnect mid-request
+                return web.Response(status=204)
             if self._failures.get(method):
                 status, description, retry_after = self._failures[method].pop(0)
                 self.rejected.append((method, status))
