@@ -169,6 +169,11 @@ def set_expert_strengths(transformer: torch.nn.Module, strengths: Mapping[str, f
     new = {name: float(strengths.get(name, 0.0)) for name in state}
     if new == state:
         return
+    from ..kernels.fp8 import Fp8Linear
+
+    if any(isinstance(m, Fp8Linear) for m in transformer.modules()):
+        raise ValueError(f"LoRA strengths {_fmt(state)} were merged into this expert's FP8 weights at placement; "
+                         "load the models again with the new strengths, or run with SVIBOT_WEIGHTS=gguf")
     with torch.no_grad():
         for _, m in lora_linears(transformer):
             m.set_strengths(new)
