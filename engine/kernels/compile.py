@@ -56,16 +56,51 @@ def compile_blocks(model: nn.Module, **compile_kwargs) -> int:
     """
     compile_kwargs.setdefault("dynamic", False)  # one segment size per story: static shapes, best kernels
     blocks = repeated_blocks(model)
+    state = {"failed": None}  # shared by the blocks: one failure to compile sends all of them back to eager
     for block in blocks:
         if getattr(block, "_svibot_compiled", False):
             continue
         # An instance attribute wins over the class's forward; `_call_impl` (and its hooks) stays eager.
-        block.forward = torch.compile(block.forward, **compile_kwargs)
+        block.forward = _guarded(block.forward, torch.compile(block.forward, **compile_kwargs), state)
         block._svibot_compiled = True
     # Both experts share one code object: raise the recompile limit above the blocks' few variants
     # (resident, streamed, FP8 or GGUF linears) so none falls back to eager.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
     return len(blocks)
+
+
+def _compile_errors() -> tuple[type, ...]:
+    from torch._dynamo.exc import TorchDynamoException
+
+    return (TorchDynamoException, RecursionError, NotImplementedError)
+
+
+def _guarded(eager, compiled, state: dict):
+    """Run `compiled`; if tracing or compiling fails, log it once and run `eager` from then on.
+
+    A block's forward has no side effects, so running it again eagerly after a failed compile is exact.
+    """
+
+    def forward(*args, **kwargs):
+        if state["failed"] is None:
+            try:
+                return compiled(*args, **kwargs)
+            except _compile_errors() as err:
+                state["failed"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+                log.warning("compiling the repeated block failed, running it eagerly from now on: %s", state["failed"])
+        return eager(*args, **kwargs)
+
+    forward.compile_state = state
+    return forward
+
+
+def compile_failure(model: nn.Module) -> str | None:
+    """Why the blocks of `model` fell back to eager, or None."""
+    for block in repeated_blocks(model):
+        state = getattr(block.__dict__.get("forward"), "compile_state", None)
+        if state and state["failed"]:
+            return state["failed"]
+    return None
 
 
 def is_compiled(block: nn.Module) -> bool:
