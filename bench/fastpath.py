@@ -123,7 +123,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--size", choices=["full", "smoke", "dry"], default="full", help="dry: tiny widths on the CPU")
     ap.add_argument("--steps", default="floor,gguf,ggufc,fp8c,fp8,attn,kernels")
+    ap.add_argument("--report-only", action="store_true", help="rebuild fastpath.md from --out/fastpath.json")
     args = ap.parse_args()
+    if args.report_only:
+        report(json.loads((args.out / "fastpath.json").read_text()), args.out / "fastpath.md")
+        return
     steps = args.steps.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
     args.files.mkdir(parents=True, exist_ok=True)
@@ -224,7 +228,20 @@ def main() -> None:
             row("gguf+compile", weights="gguf", attention="sdpa", compiled=True)
     res["total_s"] = time.perf_counter() - t0
     save()
-    print(table(res))
+    report(res, args.out / "fastpath.md")
+
+
+def report(res: dict, path: Path) -> None:
+    text = [table(res), ""]
+    if res.get("attention_self_test"):
+        text += ["Attention self-test (32,760 tokens, 4 heads of 128, bf16):", "```", *res["attention_self_test"], "```"]
+    for key, what in (("kernels_gguf", "GGUF path"), ("kernels_fp8_compiled", "FP8, compiled")):
+        if res.get(key):
+            text += [f"Kernels one block launched ({what}, torch.profiler):", "```", *res[key], "```"]
+    extra = {k: res[k] for k in ("load_place_s", "fp8_convert_s", "fp8_linears", "total_s") if k in res}
+    text.append(f"Other numbers: {json.dumps(extra)}")
+    path.write_text("\n".join(text) + "\n")
+    print("\n".join(text))
 
 
 def table(res: dict) -> str:

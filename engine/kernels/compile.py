@@ -86,7 +86,8 @@ def _guarded(eager, compiled, state: dict):
             try:
                 return compiled(*args, **kwargs)
             except _compile_errors() as err:
-                state["failed"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+                lines = [x.strip() for x in str(err).splitlines() if x.strip()][:2]  # dynamo puts the cause second
+                state["failed"] = f"{type(err).__name__}: {' '.join(lines)[:300]}"
                 log.warning("compiling the repeated block failed, running it eagerly from now on: %s", state["failed"])
         return eager(*args, **kwargs)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -169,6 +170,12 @@ def finish_fast_path(models, device: torch.device, config, weights: str, weights
     compiled, why = compile_wanted(getattr(config, "compile", "auto") if config else "auto", device)
     n = 0
     if compiled:
+        if config is not None and config.cache_dir is not None:
+            import os
+
+            # Inductor's compiled kernels persist in the data dir, so a restart recompiles from its cache
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(config.cache_dir) / "inductor"))
+            why += f"; Inductor cache {os.environ['TORCHINDUCTOR_CACHE_DIR']}"
         for name in ("transformer", "transformer_2"):
             n += compile_blocks(getattr(models, name))
     fast = FastPath(weights, weights_reason, attention, compiled, why, n)
