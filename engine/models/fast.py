@@ -142,17 +142,24 @@ def fp8_prepare(models, device: torch.device, plan, base_prepare):
     return prepare
 
 
-def choose_weights(setting: str, device: torch.device, plan_fp8) -> tuple[str, str, object]:
-    """("fp8" | "gguf", why, the FP8 plan or None). `plan_fp8()` plans the experts at their FP8 sizes."""
+def choose_weights(setting: str, device: torch.device, plan_fp8, probe=scaled_mm_works) -> tuple[str, str, object]:
+    """("fp8" | "gguf", why, the FP8 plan or None). `plan_fp8()` plans the experts at their FP8 sizes;
+    `probe(device)` says why FP8 matmuls cannot run there, or None."""
     if setting == "gguf":
         return "gguf", "set by SVIBOT_WEIGHTS", None
-    why_not = scaled_mm_works(device)
+    why_not = probe(device)
     if why_not is None:
-        plan = plan_fp8()
-        off = sum(loc != "vram" for _, locs in plan.blocks for loc in locs)
+        from ..memory.planner import PlacementError
+
+        try:
+            plan = plan_fp8()
+            off = sum(loc != "vram" for _, locs in plan.blocks for loc in locs)
+        except PlacementError as err:  # the FP8 blocks are larger: the budget may not stream even one
+            plan, off = None, f"all ({err})"
         if not off:
-            cap = torch.cuda.get_device_capability(device)
-            return "fp8", (f"sm_{cap[0]}{cap[1]} has FP8 tensor cores and both experts fit VRAM as FP8 "
+            cap = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+            where = f"sm_{cap[0]}{cap[1]}" if cap else str(device)
+            return "fp8", (f"{where} has FP8 tensor cores and both experts fit VRAM as FP8 "
                            f"({plan.bytes_at('vram') / 2**30:.2f} GiB of blocks)"), plan
         why_not = f"{off} blocks would not fit VRAM as FP8 under this budget (FP8 blocks are not streamed)"
     if setting == "fp8":

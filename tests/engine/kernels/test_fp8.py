@@ -141,3 +141,34 @@ def test_fp8_weights_on_a_gpu_without_fp8_say_why(tmp_path):
 
     with pytest.raises(BadSetting, match="SVIBOT_WEIGHTS=fp8 needs a CUDA GPU with FP8 tensor cores .* this device is cpu"):
         load_models(EngineConfig(preset="tiny", models_dir=tmp_path, device="cpu", weights="fp8"))
+
+
+def test_weights_are_fp8_only_where_fp8_runs_and_every_block_fits():
+    from types import SimpleNamespace
+
+    from engine.memory.planner import PlacementError
+    from engine.models.fast import choose_weights
+    from storage.errors import BadSetting
+
+    cpu = torch.device("cpu")
+    runs = lambda device: None  # noqa: E731 - FP8 matmuls work here
+    fits = SimpleNamespace(blocks=(("transformer", ("vram", "vram")), ("transformer_2", ("vram", "vram"))),
+                           bytes_at=lambda where: 3 * 2**30)
+    spills = SimpleNamespace(blocks=(("transformer", ("vram", "ram")), ("transformer_2", ("vram", "disk"))))
+
+    def too_small():
+        raise PlacementError("VRAM budget 6.00 GiB is below the floor of 7.10 GiB")
+
+    weights, why, plan = choose_weights("auto", cpu, lambda: fits, probe=runs)
+    assert weights == "fp8" and plan is fits and "3.00 GiB" in why
+    weights, why, plan = choose_weights("auto", cpu, lambda: spills, probe=runs)
+    assert weights == "gguf" and plan is None and "2 blocks would not fit VRAM as FP8" in why
+    assert choose_weights("auto", cpu, too_small, probe=runs)[0] == "gguf"
+    no_fp8 = lambda device: "sm_75 has no FP8 tensor cores (sm_89 and newer do)"  # noqa: E731
+    weights, why, _ = choose_weights("auto", cpu, lambda: fits, probe=no_fp8)
+    assert weights == "gguf" and "sm_75 has no FP8 tensor cores" in why
+    with pytest.raises(BadSetting, match="SVIBOT_WEIGHTS=fp8 cannot be used here: sm_75 has no FP8"):
+        choose_weights("fp8", cpu, lambda: fits, probe=no_fp8)
+    with pytest.raises(BadSetting, match="SVIBOT_WEIGHTS=fp8 cannot be used here: 2 blocks would not fit"):
+        choose_weights("fp8", cpu, lambda: spills, probe=runs)
+    assert choose_weights("gguf", cpu, lambda: fits, probe=runs)[:2] == ("gguf", "set by SVIBOT_WEIGHTS")
