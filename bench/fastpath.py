@@ -165,7 +165,7 @@ def main() -> None:
               return_dict=False)
     from engine.kernels.attention import apply_attention, choose_attention, format_choice
     from engine.kernels.compile import compile_blocks
-    from engine.models.fast import convert_to_fp8
+    from engine.models.fp8_weights import convert_to_fp8
 
     ref = None
 

@@ -97,7 +97,7 @@ def plan_models(models, device: torch.device, vram_budget: int | None = None, ra
     tokens = s.num_latent_frames * (s.height // 16) * (s.width // 16)  # after the 1x2x2 patching
     itemsize = models.dtype.itemsize
     if weights == "fp8":
-        from .fast import fp8_expert_sizes, fp8_workspace_bytes
+        from .fp8_weights import fp8_expert_sizes, fp8_workspace_bytes
 
         experts = tuple(fp8_expert_sizes(n, getattr(models, n), models.dtype) for n in ("transformer", "transformer_2"))
         dequant = fp8_workspace_bytes(tokens, max(cfg.ffn_dim, cfg.num_attention_heads * cfg.attention_head_dim))
@@ -137,7 +137,7 @@ def place_by_plan(models, device: torch.device, vram_budget: int | None = None, 
     models.vae.to(device)
     prepare = _prepare_block(models.dtype)
     if weights == "fp8":
-        from .fast import fp8_prepare
+        from .fp8_weights import fp8_prepare
 
         prepare = fp8_prepare(models, device, plan, prepare)
     models.streamers = {

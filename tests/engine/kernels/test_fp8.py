@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from engine.config import LoraStrengths
 from engine.kernels.fp8 import FP8, FP8_MAX, Fp8Linear, dequantize_rows, error_bound, quantize_rows
 from engine.memory.planner import module_bytes
-from engine.models.fast import convert_to_fp8, effective_weight, fp8_targets
+from engine.models.fp8_weights import convert_to_fp8, effective_weight, fp8_targets
 from engine.models.loading import _build_tiny, load_expert_gguf
-from engine.models.lora import load_lora, set_strengths
+from engine.models.lora import load_lora, set_expert_strengths, set_strengths
 from engine.models.lora_linear import LoraLinear
 from engine.models.placement import place_by_plan, plan_models
 from engine.models.presets import get_preset
@@ -109,8 +110,9 @@ def test_a_gguf_expert_converts_with_loras_merged_and_keeps_its_output(tmp_path)
     after = run(expert)
     cos = F.cosine_similarity(after.flatten(), before.flatten(), dim=0).item()
     assert cos > 0.998, cos
-    with pytest.raises(ValueError, match="merged into this expert's FP8 weights.*SVIBOT_WEIGHTS=gguf"):
-        set_strengths(expert, {"svi": 0.5, "lightx2v": 0.5})
+    # converted in place, without the files it came from: a new recipe cannot be merged, and says so
+    with pytest.raises(ValueError, match="without their source files.*SVIBOT_WEIGHTS=gguf"):
+        set_expert_strengths(expert, {"svi": 0.5, "lightx2v": 0.5})
 
 
 def test_placement_converts_vram_blocks_at_the_bytes_the_plan_counted(tmp_path):
@@ -132,6 +134,22 @@ def test_placement_converts_vram_blocks_at_the_bytes_the_plan_counted(tmp_path):
         assert tuple(module_bytes(b) for b in expert.blocks) == sizes.block_bytes
     after = run(models.transformer)
     assert F.cosine_similarity(after.flatten(), before.flatten(), dim=0).item() > 0.998
+
+    # a quality job turns LightX2V off: the FP8 weights are merged again from the mapped files ...
+    quality = {"svi": 1.0, "lightx2v": 0.0}
+    set_strengths(models, LoraStrengths(svi_high=1.0, svi_low=1.0, lightx2v_high=0.0, lightx2v_low=0.0))
+    (tmp_path / "c").mkdir()
+    reference = gguf_expert_with_loras(tmp_path / "c", strengths=(1.0, 0.0))[0]
+    gguf_quality = run(reference)
+    convert_to_fp8(reference.blocks, torch.float32)
+    # ... to exactly what converting at those strengths gives, close to the GGUF path's output
+    assert torch.equal(run(models.transformer), run(reference))
+    assert F.cosine_similarity(run(models.transformer).flatten(), gguf_quality.flatten(), dim=0).item() > 0.998
+    merged = [m.merged for m in models.transformer.modules() if isinstance(m, Fp8Linear) and m.merged]
+    assert len(merged) == 4 * GGUF_TRANSFORMER["num_layers"] and all(x == quality for x in merged)
+    # and the fast recipe back gives the first conversion bit for bit
+    set_strengths(models, LoraStrengths(svi_high=1.0, svi_low=1.0, lightx2v_high=0.5, lightx2v_low=0.5))
+    assert torch.equal(run(models.transformer), after)
 
 
 def test_fp8_weights_on_a_gpu_without_fp8_say_why(tmp_path):
