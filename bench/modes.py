@@ -103,8 +103,14 @@ def run_mode(mode: str, models_dir: Path, preset, settings, transformer_cfg: dic
         torch.cuda.set_per_process_memory_fraction(T4_VRAM_GIB * GIB / total, torch.cuda.current_device())
         result["vram_limit_gib"] = T4_VRAM_GIB
     t4 = mode == "t4"
+    import os
+
+    # The engine's own settings from the environment; the T4 has no FP8 tensor cores, so t4 holds GGUF.
+    env = os.environ
     config = EngineConfig(preset=preset.name, models_dir=models_dir, device=str(device), dtype=dtype_name,
-                          vram_budget_gib=t4_budgets[0] if t4 else None, ram_budget_gib=t4_budgets[1] if t4 else None)
+                          vram_budget_gib=t4_budgets[0] if t4 else None, ram_budget_gib=t4_budgets[1] if t4 else None,
+                          attention=env.get("SVIBOT_ATTENTION", "auto"), compile=env.get("SVIBOT_COMPILE", "auto"),
+                          weights=env.get("SVIBOT_WEIGHTS") or ("auto" if mode == "big" else "gguf"))
     # each job weights the LoRAs for its recipe; the story runs the fast one
     assert {k: getattr(settings, k) for k in FAST} == FAST, settings
     result["planner_budgets_gib"] = list(t4_budgets) if t4 else None
@@ -185,6 +191,14 @@ def run_mode(mode: str, models_dir: Path, preset, settings, transformer_cfg: dic
     pool.shutdown()
     svi.free_memory = engine_free
     result["smaps_rollup_steady"] = smaps_rollup()
+    if models.fast is not None:
+        from engine.kernels.compile import compile_failure
+
+        result["fast_path"] = models.fast.lines()
+        result["weights"], result["attention"] = models.fast.weights, models.fast.attention.name
+        result["compiled"] = models.fast.compiled and not any(
+            compile_failure(m) for m in (models.transformer, models.transformer_2))
+        result["compile_failure"] = [compile_failure(m) for m in (models.transformer, models.transformer_2)]
     if models.plan is not None:
         result["plan"] = format_plan(models.plan).splitlines()
         result["plan_vram_gib"], result["plan_ram_gib"] = models.plan.vram_bytes / GIB, models.plan.ram_bytes / GIB
@@ -230,7 +244,13 @@ def run_mode(mode: str, models_dir: Path, preset, settings, transformer_cfg: dic
     bd["other"] = result["segment_s"] - bd["denoise_forwards"] - bd["expert_reloads"] - bd["vae_decode"]
     result["t4_projection_s"] = (flops / T4_TFLOPS + result["disk_bytes_per_segment"] / T4_DISK_BPS
                                  + result["pcie_bytes_per_segment"] / T4_PCIE_BPS)
-    if mode == "big" and check_lora:
+    if forward_log:
+        later = sorted(forward_log[a["forwards"]:b["forwards"]])
+        steady = later[len(later) // 2]
+        result["segment1_forwards_s"] = forward_log[: a["forwards"]]
+        # what segment 1's forwards took beyond steady ones: compilation, mostly (cuDNN plans, allocator)
+        result["segment1_forward_excess_s"] = sum(f - steady for f in forward_log[: a["forwards"]])
+    if mode == "big" and check_lora and result.get("weights") != "fp8":  # FP8 merged the LoRAs: nothing to check
         from bench.lora_check import check
 
         sampler.phase = "lora check"

@@ -190,20 +190,22 @@ def sdpa_kernels(model, kw) -> list[str]:
 # ---- orchestration ----------------------------------------------------------------------------
 def table(results: dict) -> str:
     floor = results["floor_s"]
-    rows = ["| mode | preset | s/segment | x floor | peak VRAM GiB | peak RSS GiB total (anon) | disk B/steady segment "
-            "(counted / proc) | forwards | waits | VAE | other | cold start to segment 1 s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| mode | preset | weights / attention / blocks | s/segment | x floor | peak VRAM GiB | peak RSS GiB total (anon) "
+            "| disk B/steady segment (counted / proc) | forwards | waits | VAE | other | cold start to segment 1 s "
+            "(of it segment 1's forwards over steady) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {"t4": 0, "big": 1, "reload": 2}
     rows_in = sorted(results["modes"].values(), key=lambda r: (r["preset"] != results.get("preset"), order.get(r["mode"], 3)))
     for r in rows_in:
         b = r["breakdown"]
         proc = r.get("disk_read_bytes_per_segment_proc")
         rows.append(
-            f"| {r['mode']} | {r['preset']} | {r['segment_s']:.2f} | {r['segment_s'] / floor:.2f} | "
+            f"| {r['mode']} | {r['preset']} | {r.get('weights', 'gguf')} / {r.get('attention', 'sdpa')} / "
+            f"{'compiled' if r.get('compiled') else 'eager'} | {r['segment_s']:.2f} | {r['segment_s'] / floor:.2f} | "
             f"{r['peak_vram_gib']:.2f} | {r['peak_rss_gib']:.2f} ({r['peak_rss_anon_gib']:.2f}) | "
             f"{r['disk_bytes_per_segment']:.3g} / {proc if proc is None else f'{proc:.3g}'} | "
             f"{b['denoise_forwards']:.2f} | {b['streaming_waits']:.3f} | {b['vae_decode']:.2f} | {b['other']:.2f} | "
-            f"{r['cold_start_to_segment1_s']:.1f} |")
+            f"{r['cold_start_to_segment1_s']:.1f} ({r.get('segment1_forward_excess_s', float('nan')):.1f}) |")
     f = results["floor"]
     rows.append(f"\nfloor: {floor:.2f} s (4 dense bf16 forwards of {f['forward_s']:.2f} s + VAE decode "
                 f"{f['vae_decode_s']:.2f} s) on {f['gpu']}")

@@ -135,6 +135,9 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> AppConfig:
         file_overrides=_file_overrides(files),
         vram_budget_gib=vram,
         ram_budget_gib=ram,
+        attention=env.get("SVIBOT_ATTENTION") or "auto",
+        compile=env.get("SVIBOT_COMPILE") or "auto",
+        weights=env.get("SVIBOT_WEIGHTS") or "auto",
     )
     worker = WorkerConfig(
         data_dir=data_dir,

@@ -20,12 +20,23 @@ class EngineConfig:
     vram_budget_gib: float | None = None  # for the block-streaming planner
     ram_budget_gib: float | None = None
     cache_dir: Path | None = None  # prompt embeddings are cached under cache_dir/text; None: no cache
+    attention: str = "auto"  # SVIBOT_ATTENTION: auto (start-up self-test) or a kernel name (engine.kernels.attention)
+    compile: str = "auto"  # SVIBOT_COMPILE: auto (regional compile on CUDA) or off
+    weights: str = "auto"  # SVIBOT_WEIGHTS: auto (FP8 on sm_89+ where both experts fit VRAM), gguf or fp8
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise BadSetting(f"preset must be one of {sorted(PRESETS)} but is {self.preset!r}")
         if self.dtype not in (None, "float32", "float16", "bfloat16"):
             raise BadSetting(f"dtype must be float32, float16 or bfloat16 but is {self.dtype!r}")
+        from ..kernels.attention import parse_attention
+        from ..kernels.compile import parse_compile
+        from .fast import parse_weights
+
+        # normalised once here, so every later check compares plain lower-case values
+        object.__setattr__(self, "attention", parse_attention(self.attention))
+        object.__setattr__(self, "compile", parse_compile(self.compile))
+        object.__setattr__(self, "weights", parse_weights(self.weights))
         known = {f.name for f in fields(ModelFiles)}
         for key, _ in self.file_overrides:
             if key not in known:

@@ -42,6 +42,7 @@ class Models:
     text_cache: Any = None  # engine.models.text_cache.TextCache: prompt embeddings on disk, None to always encode
     place_pending: Any = None  # callable placing the experts, while load_models leaves the GPU to the text encoder
     adapters: frozenset = frozenset()  # LoRA adapters loaded on the experts, e.g. {"svi", "lightx2v"}
+    fast: Any = None  # engine.models.fast.FastPath once placed: weights format, attention kernel, compiled blocks
 
     def ensure_placed(self) -> None:
         """Place the experts if `load_models` deferred it until the first prompts were encoded."""
@@ -92,16 +93,28 @@ def place_models(models: Models, device: torch.device, config: EngineConfig | No
     On CUDA the memory planner decides, block by block, which expert weights stay in VRAM and which
     stream in from pinned RAM (or the file) within the budgets of `config`; on the CPU all stay put.
     """
+    from .fast import choose_weights, finish_fast_path, pick_attention
     from .text_encoder import LazyTextEncoder
 
+    settings = get_preset(models.preset).settings if models.preset in PRESETS else None
+    # the attention self-test runs first, while the VRAM the experts will take is still free
+    attention = pick_attention(models, device, config, settings or get_preset("tiny").settings)
+    weights, weights_reason = "gguf", "no GPU: GGUF (or plain) weights as loaded"
     if device.type == "cuda":
-        from ..memory.planner import GIB
-        from .placement import place_by_plan
+        from .placement import place_by_plan, plan_models
 
         vram, ram = _budgets(config)
-        models.plan = place_by_plan(models, device, vram_budget=vram, ram_budget=ram,
-                                    settings=get_preset(models.preset).settings if models.preset in PRESETS else None)
+        weights, weights_reason, plan = choose_weights(
+            config.weights if config else "auto", device,
+            lambda: plan_models(models, device, vram, ram, settings, weights="fp8"))
+        models.plan = place_by_plan(models, device, vram_budget=vram, ram_budget=ram, settings=settings,
+                                    weights=weights, plan=plan)
     else:
+        if config is not None and config.weights == "fp8":
+            from storage.errors import BadSetting
+
+            raise BadSetting("SVIBOT_WEIGHTS=fp8 needs a CUDA GPU with FP8 tensor cores (sm_89 or newer); "
+                             f"this device is {device}")
         from .lora_linear import materialize_loras
 
         for name in ("transformer", "transformer_2", "vae", "text_encoder"):
@@ -109,6 +122,7 @@ def place_models(models: Models, device: torch.device, config: EngineConfig | No
                 getattr(models, name).to(device)
         for name in ("transformer", "transformer_2"):
             materialize_loras(getattr(models, name))  # the mapped LoRA files are read here, once
+    models.fast = finish_fast_path(models, device, config, weights, weights_reason, attention)
     models.device = device
     if isinstance(models.text_encoder, LazyTextEncoder):
         models.text_encoder.experts_placed = True  # from now on it streams through the VRAM left free
@@ -211,7 +225,7 @@ def load_models(config: EngineConfig) -> Models:
     device = resolve_device(config.device)
     dtype = resolve_dtype(device, config.dtype)
     key = (config.preset, config.file_overrides, str(device), str(dtype), config.use_loras,
-           str(config.models_dir), str(config.cache_dir))
+           str(config.models_dir), str(config.cache_dir), config.attention, config.compile, config.weights)
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]

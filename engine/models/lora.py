@@ -169,10 +169,20 @@ def set_expert_strengths(transformer: torch.nn.Module, strengths: Mapping[str, f
     new = {name: float(strengths.get(name, 0.0)) for name in state}
     if new == state:
         return
+    label = getattr(transformer, "_svibot_name", type(transformer).__name__)
+    from ..kernels.fp8 import Fp8Linear
+
+    if any(isinstance(m, Fp8Linear) for m in transformer.modules()):
+        from .fp8_weights import remerge
+
+        n, seconds = remerge(transformer, new)  # FP8 holds the LoRAs merged: rebuild from the mapped files
+        log.info("%s: LoRA strengths %s -> %s (merged again into %d FP8 linears in %.1f s)", label,
+                 _fmt(state), _fmt(new), n, seconds)
+        state.update(new)
+        return
     with torch.no_grad():
         for _, m in lora_linears(transformer):
             m.set_strengths(new)
-    label = getattr(transformer, "_svibot_name", type(transformer).__name__)
     log.info("%s: LoRA strengths %s -> %s (weight-side scales, no reload)", label,
              _fmt(state), _fmt(new))
     state.update(new)

@@ -148,16 +148,20 @@ class LoraLinear(nn.Module):
         base = self.base_layer
         dtype = self.compute_dtype
         weight = base.weight
-        if hasattr(weight, "quant_type"):  # diffusers' GGUFParameter
+        quantized = hasattr(weight, "quant_type")  # diffusers' GGUFParameter
+        if quantized:
             from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
 
             w = dequantize_gguf_tensor(weight)
         else:
             w = weight
+        # fresh means a temporary of our own (dequantized or cast); decided without data_ptr(), which
+        # torch.compile cannot trace through GGUFParameter's __torch_function__
+        fresh = quantized or weight.dtype != dtype
         w = w.to(dtype)  # (out, in)
         up = self.lora_up[:, lo:hi].to(dtype) * self.lora_scale[lo:hi].to(dtype)  # (out, r)
         down = self.lora_down[lo:hi].to(dtype)  # (r, in)
-        if w.data_ptr() != weight.data_ptr():
+        if fresh:
             w = w.addmm_(up, down)  # a fresh dequantized temporary: add in place, no second d x d buffer
         else:
             w = torch.addmm(w, up, down)  # a plain parameter: never written

@@ -80,12 +80,13 @@ def _anonymous_host_bytes(modules) -> int:
 
 
 def plan_models(models, device: torch.device, vram_budget: int | None = None, ram_budget: int | None = None,
-                settings=None):
+                settings=None, weights: str = "gguf"):
     """The memory plan for a loaded `Models`, without moving anything.
 
     Budgets default to what the machine has: free VRAM now, and available RAM plus the anonymous
     host memory the loaded models hold (it moves out of the host when placed; mapped files do not
-    count, their pages are not the process's to give back).
+    count, their pages are not the process's to give back). `weights="fp8"` sizes the blocks as
+    `engine.models.fast` converts them (LoRAs merged) and the workspace for per-token quantization.
     """
     s = settings or GenerationSettings()
     cfg = models.transformer.config
@@ -95,15 +96,22 @@ def plan_models(models, device: torch.device, vram_budget: int | None = None, ra
     free_vram, free_ram = default_budgets(device)
     tokens = s.num_latent_frames * (s.height // 16) * (s.width // 16)  # after the 1x2x2 patching
     itemsize = models.dtype.itemsize
+    if weights == "fp8":
+        from .fp8_weights import fp8_expert_sizes, fp8_workspace_bytes
+
+        experts = tuple(fp8_expert_sizes(n, getattr(models, n), models.dtype) for n in ("transformer", "transformer_2"))
+        dequant = fp8_workspace_bytes(tokens, max(cfg.ffn_dim, cfg.num_attention_heads * cfg.attention_head_dim))
+    else:
+        experts = tuple(placed_expert_sizes(n, getattr(models, n), models.dtype) for n in ("transformer", "transformer_2"))
+        dequant = estimate_dequant_bytes(largest_quantized_numel(models.transformer, models.transformer_2), itemsize)
     needs = MemoryNeeds(
-        experts=tuple(placed_expert_sizes(n, getattr(models, n), models.dtype) for n in ("transformer", "transformer_2")),
+        experts=experts,
         vae_bytes=module_bytes(models.vae),
         text_encoder_bytes=0 if lazy else te_bytes,  # a lazy encoder needs neither budget beside the experts
         activation_bytes=estimate_activation_bytes(tokens, cfg.num_attention_heads * cfg.attention_head_dim,
                                                    cfg.ffn_dim, itemsize),
         vae_activation_bytes=estimate_vae_decode_bytes(s.height, s.width, itemsize),
-        dequant_bytes=estimate_dequant_bytes(largest_quantized_numel(models.transformer, models.transformer_2),
-                                             itemsize),
+        dequant_bytes=dequant,
     )
     plan = plan_placement(needs, free_vram if vram_budget is None else vram_budget,
                           free_ram + _anonymous_host_bytes(parts) if ram_budget is None else ram_budget)
@@ -113,12 +121,13 @@ def plan_models(models, device: torch.device, vram_budget: int | None = None, ra
 
 
 def place_by_plan(models, device: torch.device, vram_budget: int | None = None, ram_budget: int | None = None,
-                  settings=None):
-    """Plan and apply placement for a loaded `Models`: experts block by block, the VAE resident.
+                  settings=None, weights: str = "gguf", plan=None):
+    """Plan (unless `plan` is given) and apply placement for a loaded `Models`: experts block by block,
+    the VAE resident; with `weights="fp8"` each VRAM block is converted to FP8 as it is placed.
 
     Returns the `Plan`; its lines are logged, and a warning when blocks must be read from disk.
     """
-    plan = plan_models(models, device, vram_budget, ram_budget, settings)
+    plan = plan or plan_models(models, device, vram_budget, ram_budget, settings, weights)
     needs = plan.needs
     lazy = isinstance(models.text_encoder, LazyTextEncoder)
     log = logging.getLogger(__name__)
@@ -127,6 +136,10 @@ def place_by_plan(models, device: torch.device, vram_budget: int | None = None, 
         log.warning("%s", format_plan(plan).splitlines()[-1])
     models.vae.to(device)
     prepare = _prepare_block(models.dtype)
+    if weights == "fp8":
+        from .fp8_weights import fp8_prepare
+
+        prepare = fp8_prepare(models, device, plan, prepare)
     models.streamers = {
         name: place_model(getattr(models, name), plan.locations(name), device, prepare=prepare)
         for name in ("transformer", "transformer_2")

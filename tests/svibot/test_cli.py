@@ -124,3 +124,16 @@ def test_download_suggests_the_largest_preset_that_fits(tmp_path, capsys):
     assert "the largest preset that fits is q3_k_m (--preset q3_k_m)" in err
     assert main(args[:5] + ["q3_k_m", "--vram-budget", "15", "--ram-budget", "11"]) == 0
     assert "it fits 15.0 GiB VRAM + 11.0 GiB RAM with no disk reads" in capsys.readouterr().err
+
+
+def test_fast_path_settings_come_from_the_environment(tmp_path):
+    args = build_parser().parse_args(["--data-dir", str(tmp_path), "worker", "--preset", "tiny"])
+    engine = build_config(args, {}).engine
+    assert (engine.attention, engine.compile, engine.weights) == ("auto", "auto", "auto")
+    env = {"SVIBOT_ATTENTION": "SDPA-Flash", "SVIBOT_COMPILE": "off", "SVIBOT_WEIGHTS": "gguf"}
+    engine = build_config(args, env).engine
+    assert (engine.attention, engine.compile, engine.weights) == ("sdpa-flash", "off", "gguf")
+    with pytest.raises(BadSetting, match="SVIBOT_WEIGHTS must be one of auto, gguf, fp8 but is 'int4'"):
+        build_config(args, {"SVIBOT_WEIGHTS": "int4"})
+    with pytest.raises(BadSetting, match="SVIBOT_ATTENTION must be one of auto, sdpa, .* but is 'xformers'"):
+        build_config(args, {"SVIBOT_ATTENTION": "xformers"})
