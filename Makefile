@@ -1,29 +1,39 @@
 # Two commands do everything on a fresh machine:
 #   make story   # installs, then runs a 3-segment story on the bundled photo
-#   make test    # installs, then runs the test suite (what CI runs)
+#   make test    # installs, then runs the test suite (what CI runs, with `make test-lowest`)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of torch; on a GPU host with torch already installed nothing is reinstalled.
+# torch is installed first, and only when none is importable in the venv (a GPU host keeps its own).
+# Where no CPU wheel is configured, pip takes PyPI's Linux x86_64 wheel: a CUDA build (~0.5 GB plus
+# ~3 GB of CUDA libraries) that also runs on the CPU. TORCH_INDEX="--index-url <a CPU wheel index>"
+# picks a CPU-only build instead.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 PHOTO ?= examples/chelsea.jpg
 STORY ?= walk | run | fly
+# The oldest Python that pyproject.toml accepts; `make test-lowest` runs the suite on it in its own venv.
+LOWEST_PYTHON ?= python3.10
+LOWEST_TORCH_SPEC ?= torch==2.14.1
 
-.PHONY: install test story clean
+.PHONY: install test test-lowest story clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
 test: install
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+test-lowest:
+	$(MAKE) test PYTHON="$(LOWEST_PYTHON)" VENV=.venv-lowest TORCH_SPEC="$(LOWEST_TORCH_SPEC)"
 
 story: install
 	$(BIN)/svibot story $(PHOTO) "$(STORY)"
 
 clean:
-	rm -rf $(VENV) svibot-data .pytest_cache
+	rm -rf $(VENV) .venv-lowest svibot-data .pytest_cache
