@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chaining", choices=["svi-pro", "last-frame"])
     p.add_argument("--out", type=Path, help="copy the stitched video here")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--download", action="store_true", help="fetch the preset's missing model files first")
+    p.add_argument("--no-worker", action="store_true",
+                   help="only queue the story and follow it; a running `svibot worker` (models kept loaded) "
+                        "runs it. Interrupting cancels the job.")
     engine_flags(p)
 
     p = sub.add_parser("worker", help="run the GPU worker on the queue")
