@@ -186,6 +186,12 @@ async def help_(interaction: discord.Interaction[SviClient]) -> None:
     await _reply(interaction, text)
 
 
+async def whoami(interaction: discord.Interaction[SviClient]) -> None:
+    """Show your user id and this channel's and server's ids (for the operator's allowlist)."""
+    where = [("channel", interaction.channel_id)] + ([("server", interaction.guild_id)] if interaction.guild_id else [])
+    await interaction.response.send_message(texts.whoami_text("Discord", interaction.user.id, where), ephemeral=True)
+
+
 async def story_from_message(interaction: discord.Interaction[SviClient], message: discord.Message) -> None:
     """Context menu: ask for the prompts, then make a story from the message's image.
 
@@ -228,6 +234,7 @@ def build_tree(client: SviClient) -> app_commands.CommandTree:
     tree.add_command(app_commands.command(name="stats")(stats))
     tree.add_command(app_commands.command(name="settings")(settings_command))
     tree.add_command(app_commands.command(name="help")(help_))
+    tree.add_command(app_commands.command(name="whoami")(whoami))
     tree.add_command(app_commands.ContextMenu(name=CONTEXT_MENU_NAME, callback=story_from_message))
     tree.on_error = on_tree_error
     return tree

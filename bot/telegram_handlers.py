@@ -257,6 +257,13 @@ async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     await reply(update.effective_message, await intake.help_text(d.queue, d.bot_config))
 
 
+async def whoami_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/whoami: the user's and the chat's ids. Answered for everyone: it shows only the asker's own ids,
+    and it is how an operator finds the id to allow."""
+    user, chat = update.effective_user, update.effective_chat
+    await update.effective_message.reply_text(texts.whoami_text("Telegram", user.id, [("chat", chat.id)]))
+
+
 async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/status: your jobs with state, position and ETA, and whether a worker is online."""
     d = deps(context)
