@@ -12,9 +12,11 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PHOTO ?= examples/chelsea.jpg
 STORY ?= walk | run | fly
-# The oldest Python that pyproject.toml accepts; `make test-lowest` runs the suite on it in its own venv.
+# `make test-lowest` runs the suite on the oldest Python that pyproject.toml accepts, in its own venv,
+# with every other runtime dependency at its lower bound (torch: the newest release allowed here).
 LOWEST_PYTHON ?= python3.10
 LOWEST_TORCH_SPEC ?= torch==2.14.1
+LOWEST_CONSTRAINTS := .venv-lowest.constraints.txt
 
 .PHONY: install test test-lowest story clean
 
@@ -23,17 +25,19 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q $(PIP_INSTALL_ARGS) -e ".[dev]"
 	touch $@
 
 test: install
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 test-lowest:
-	$(MAKE) test PYTHON="$(LOWEST_PYTHON)" VENV=.venv-lowest TORCH_SPEC="$(LOWEST_TORCH_SPEC)"
+	$(LOWEST_PYTHON) .ci/lowest_constraints.py pyproject.toml > $(LOWEST_CONSTRAINTS)
+	$(MAKE) test PYTHON="$(LOWEST_PYTHON)" VENV=.venv-lowest TORCH_SPEC="$(LOWEST_TORCH_SPEC)" \
+		PIP_INSTALL_ARGS="-c $(LOWEST_CONSTRAINTS)"
 
 story: install
 	$(BIN)/svibot story $(PHOTO) "$(STORY)"
 
 clean:
-	rm -rf $(VENV) .venv-lowest svibot-data .pytest_cache
+	rm -rf $(VENV) .venv-lowest $(LOWEST_CONSTRAINTS) svibot-data .pytest_cache
