@@ -195,6 +195,10 @@ def load_limits(env: Mapping[str, str]) -> Limits:
 
 
 def load_bot(env: Mapping[str, str], limits: Limits) -> BotConfig:
+    try:
+        blocked = BlockedWords.parse(env.get("SVIBOT_BLOCKED_WORDS"))
+    except ValueError as err:  # e.g. a path that is not there
+        raise BadSetting(f"SVIBOT_BLOCKED_WORDS: {err}") from None
     return BotConfig(
         allowed_users=_ids(env.get("SVIBOT_ALLOWED_USERS")),
         allowed_chats=_ids(env.get("SVIBOT_ALLOWED_CHATS")),
@@ -202,7 +206,7 @@ def load_bot(env: Mapping[str, str], limits: Limits) -> BotConfig:
         max_active_jobs=_number(env, "SVIBOT_MAX_ACTIVE_JOBS", int, BotConfig.max_active_jobs, minimum=1),
         stories_per_day=_number(env, "SVIBOT_STORIES_PER_DAY", int, BotConfig.stories_per_day, minimum=1),
         limits=limits,
-        blocked_words=BlockedWords.parse(env.get("SVIBOT_BLOCKED_WORDS")),
+        blocked_words=blocked,
     )
 
 
