@@ -215,6 +215,8 @@ class GatedTree(app_commands.CommandTree):
     """A command tree whose every command passes the allowlists first."""
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if interaction.command is not None and interaction.command.name in texts.OPEN_COMMANDS:
+            return True
         user_id, chat_id, chat_ids = _who(interaction)
         try:
             check_allowed(interaction.client.bot_config, user_id, [chat_id, *chat_ids])

@@ -212,6 +212,8 @@ async def gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     user, chat = update.effective_user, update.effective_chat
     if user is None:  # channel posts and other updates without a person behind them
         raise ApplicationHandlerStop
+    if _command_name(update.effective_message) in texts.OPEN_COMMANDS:
+        return
     try:
         check_allowed(d.bot_config, user.id, chat.id if chat is not None else ())
     except AccessDenied as err:
@@ -224,6 +226,12 @@ async def gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 def _is_command(message: Message) -> bool:
     return (message.text or message.caption or "").startswith("/")
+
+
+def _command_name(message: Message | None) -> str:
+    """"whoami" for "/whoami" or "/whoami@my_bot"; "" for anything that is not a command."""
+    text = (message.text or "") if message is not None else ""
+    return text.split()[0][1:].split("@")[0].lower() if text.startswith("/") and text.strip() != "/" else ""
 
 
 async def story_from_caption(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

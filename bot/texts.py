@@ -196,6 +196,11 @@ def worker_line(w: WorkerStatus) -> str:
 
 
 # -- refusals and replies ------------------------------------------------------------------------
+# Answered to everyone, allowlisted or not: they show only the asker's own ids, and an operator needs
+# them to fill the allowlist in the first place.
+OPEN_COMMANDS = ("whoami",)
+
+
 def whoami_text(platform: str, user_id: str | int, where: list[tuple[str, str | int]]) -> str:
     """Your ids, so an operator can put theirs in SVIBOT_ALLOWED_USERS / SVIBOT_ADMINS (or the notebook's OPERATOR_ID)."""
     lines = [f"Your {platform} user id: {user_id}"] + [f"This {name}'s id: {value}" for name, value in where]
