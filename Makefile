@@ -17,6 +17,10 @@ STORY ?= walk | run | fly
 LOWEST_PYTHON ?= python3.10
 LOWEST_TORCH_SPEC ?= torch==2.14.1
 LOWEST_CONSTRAINTS := .venv-lowest.constraints.txt
+# Left out of that second pass, to keep CI's two passes short: the multi-process PostgreSQL scale-out runs
+# and the numeric engine references, whose code has nothing that differs between Python versions.
+LOWEST_PYTEST_ARGS ?= --ignore=tests/svibot/test_scale_out.py --ignore=tests/engine/test_peer_diffusers.py \
+	--ignore=tests/engine/test_sampling_reference.py
 
 .PHONY: install test test-lowest story clean
 
@@ -34,7 +38,7 @@ test: install
 test-lowest:
 	$(LOWEST_PYTHON) .ci/lowest_constraints.py pyproject.toml > $(LOWEST_CONSTRAINTS)
 	$(MAKE) test PYTHON="$(LOWEST_PYTHON)" VENV=.venv-lowest TORCH_SPEC="$(LOWEST_TORCH_SPEC)" \
-		PIP_INSTALL_ARGS="-c $(LOWEST_CONSTRAINTS)"
+		PIP_INSTALL_ARGS="-c $(LOWEST_CONSTRAINTS)" PYTEST_ARGS="$(LOWEST_PYTEST_ARGS)"
 
 story: install
 	$(BIN)/svibot story $(PHOTO) "$(STORY)"
