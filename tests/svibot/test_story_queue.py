@@ -61,7 +61,11 @@ def test_story_runs_its_own_job_and_leaves_earlier_ones_for_the_worker(tmp_path)
 
 
 def test_missing_files_on_a_gpu_are_named_with_sizes_before_anything_is_queued(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the default preset becomes q4_k_m
+    import engine.models.fit
+
+    # A fake GPU with room for q4_k_m: the default preset becomes q4_k_m, and nothing is downloaded yet.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(engine.models.fit, "default_budgets", lambda: (40 * 2**30, 64 * 2**30))
     monkeypatch.delenv("SVIBOT_PRESET", raising=False)
     root = tmp_path / "data"
     assert main(["--data-dir", str(root), "story", str(PHOTO), "walk"]) == 1
