@@ -1,11 +1,10 @@
-"""Frozen settings for the chat bots, read once from the environment by the CLI.
+"""Frozen settings for the chat bots; `svibot.config` builds them from the environment.
 
 Tokens are kept out of logs and replies by `storage.redact`.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from storage.config import Limits
 
@@ -15,28 +14,6 @@ CLOUD_API_BASE_URL = "https://api.telegram.org"
 CLOUD_UPLOAD_LIMIT_MB = 50  # the cloud Bot API refuses bigger uploads
 SELF_HOSTED_UPLOAD_LIMIT_MB = 2000  # a local Bot API server accepts up to 2 GB
 SPOILER_MODES = ("auto", "always", "never")
-
-
-def _ids(value: str | None) -> frozenset[str]:
-    """Parse a comma-separated id list; blanks are ignored so "" means "nobody listed"."""
-    if not value:
-        return frozenset()
-    return frozenset(part.strip() for part in value.split(",") if part.strip())
-
-
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0,
-         maximum: int | None = None) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a whole number, not {raw!r}") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        upper = f" and at most {maximum}" if maximum is not None else ""
-        raise ValueError(f"{name} is {value}; it must be at least {minimum}{upper}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -63,20 +40,6 @@ class BotConfig:
             raise ValueError(f"poll_interval_s is {self.poll_interval_s}; it must be above 0")
         if self.shutdown_grace_s < 0:
             raise ValueError(f"shutdown_grace_s is {self.shutdown_grace_s}; it must not be negative")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "BotConfig":
-        max_segments = _int(env, "SVIBOT_MAX_SEGMENTS", Limits.max_segments, minimum=1, maximum=100)
-        max_prompt_chars = _int(env, "SVIBOT_MAX_PROMPT_CHARS", Limits.max_prompt_chars, minimum=1)
-        return cls(
-            allowed_users=_ids(env.get("SVIBOT_ALLOWED_USERS")),
-            allowed_chats=_ids(env.get("SVIBOT_ALLOWED_CHATS")),
-            admins=_ids(env.get("SVIBOT_ADMINS")),
-            max_active_jobs=_int(env, "SVIBOT_MAX_ACTIVE_JOBS", 1, minimum=1),
-            stories_per_day=_int(env, "SVIBOT_STORIES_PER_DAY", 20, minimum=1),
-            limits=replace(Limits(), max_segments=max_segments, max_prompt_chars=max_prompt_chars),
-            blocked_words=BlockedWords.parse(env.get("SVIBOT_BLOCKED_WORDS")),
-        )
 
 
 @dataclass(frozen=True)
@@ -123,18 +86,6 @@ class TelegramConfig:
     def upload_limit_bytes(self) -> int:
         return self.upload_limit_mb * 1024 * 1024
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "TelegramConfig":
-        base = env.get("TELEGRAM_API_BASE_URL", "").strip() or CLOUD_API_BASE_URL
-        cloud = base.rstrip("/") == CLOUD_API_BASE_URL
-        maximum = CLOUD_UPLOAD_LIMIT_MB if cloud else SELF_HOSTED_UPLOAD_LIMIT_MB
-        return cls(
-            token=env.get("TELEGRAM_BOT_TOKEN", "").strip(),
-            api_base_url=base.rstrip("/"),
-            upload_limit_mb=_int(env, "SVIBOT_TELEGRAM_UPLOAD_LIMIT_MB", CLOUD_UPLOAD_LIMIT_MB,
-                                 minimum=1, maximum=maximum),
-        )
-
 
 @dataclass(frozen=True)
 class DiscordConfig:
@@ -152,17 +103,3 @@ class DiscordConfig:
             raise ValueError(f"SVIBOT_DISCORD_SPOILER is {self.spoiler!r}; it must be one of {SPOILER_MODES}")
         if self.edit_interval_s < 0:
             raise ValueError(f"edit_interval_s is {self.edit_interval_s}; it must not be negative")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "DiscordConfig":
-        raw_guild = env.get("DISCORD_GUILD_ID", "").strip()
-        guild_id = None
-        if raw_guild:
-            if not raw_guild.isdigit():
-                raise ValueError(f"DISCORD_GUILD_ID must be a numeric id, not {raw_guild!r}")
-            guild_id = int(raw_guild)
-        return cls(
-            token=env.get("DISCORD_BOT_TOKEN", "").strip(),
-            guild_id=guild_id,
-            spoiler=env.get("SVIBOT_DISCORD_SPOILER", "auto").strip().lower() or "auto",
-        )

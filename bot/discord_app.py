@@ -224,6 +224,12 @@ async def forget_(interaction: discord.Interaction[SviClient]) -> None:
     await interaction.response.send_message(fit(text, DISCORD_CONTENT_CHARS), view=view, ephemeral=True)
 
 
+async def whoami(interaction: discord.Interaction[SviClient]) -> None:
+    """Show your user id and this channel's and server's ids (for the operator's allowlist)."""
+    where = [("channel", interaction.channel_id)] + ([("server", interaction.guild_id)] if interaction.guild_id else [])
+    await interaction.response.send_message(texts.whoami_text("Discord", interaction.user.id, where), ephemeral=True)
+
+
 async def story_from_message(interaction: discord.Interaction[SviClient], message: discord.Message) -> None:
     """Context menu: ask for the prompts, then make a story from the message's image.
 
@@ -247,6 +253,8 @@ class GatedTree(app_commands.CommandTree):
     """A command tree whose every command passes the allowlists first."""
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if interaction.command is not None and interaction.command.name in texts.OPEN_COMMANDS:
+            return True
         user_id, chat_id, chat_ids = _who(interaction)
         try:
             check_allowed(interaction.client.bot_config, user_id, [chat_id, *chat_ids])
@@ -267,6 +275,7 @@ def build_tree(client: SviClient) -> app_commands.CommandTree:
     tree.add_command(app_commands.command(name="settings")(settings_command))
     tree.add_command(app_commands.command(name="help")(help_))
     tree.add_command(app_commands.command(name="forget")(forget_))
+    tree.add_command(app_commands.command(name="whoami")(whoami))
     tree.add_command(app_commands.ContextMenu(name=CONTEXT_MENU_NAME, callback=story_from_message))
     tree.on_error = on_tree_error
     return tree

@@ -46,6 +46,7 @@ COMMANDS = [
     BotCommand("forget", "delete all your jobs, photos and videos now"),
     BotCommand("queue", "the whole queue (admins)"),
     BotCommand("stats", "usage of the last 7 days (admins)"),
+    BotCommand("whoami", "your user id and this chat's id"),
 ]
 UPLOAD_TIMEOUT_S = 600.0  # a 50 MB upload on a slow Colab uplink takes minutes
 RATE_LIMIT_RETRIES = 2  # 429s that PTB waits out per request before the outbox takes over
@@ -174,6 +175,7 @@ def build_application(config: TelegramConfig, bot_config: BotConfig, queue: JobQ
     app.add_handler(CommandHandler("queue", h.queue_command))
     app.add_handler(CommandHandler("stats", h.stats_command))
     app.add_handler(CommandHandler("settings", telegram_settings.settings_command))
+    app.add_handler(CommandHandler("whoami", h.whoami_command))
     app.add_handler(MessageHandler(photo_or_file & story_caption, h.story_from_caption))
     app.add_handler(MessageHandler(photo_or_file & ~story_caption, h.remember_photo))
     app.add_handler(CallbackQueryHandler(h.button, pattern=r"^(cancel|reroll):"))

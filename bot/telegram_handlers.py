@@ -212,6 +212,8 @@ async def gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     user, chat = update.effective_user, update.effective_chat
     if user is None:  # channel posts and other updates without a person behind them
         raise ApplicationHandlerStop
+    if _command_name(update.effective_message) in texts.OPEN_COMMANDS:
+        return
     try:
         check_allowed(d.bot_config, user.id, chat.id if chat is not None else ())
     except AccessDenied as err:
@@ -224,6 +226,12 @@ async def gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 def _is_command(message: Message) -> bool:
     return (message.text or message.caption or "").startswith("/")
+
+
+def _command_name(message: Message | None) -> str:
+    """"whoami" for "/whoami" or "/whoami@my_bot"; "" for anything that is not a command."""
+    text = (message.text or "") if message is not None else ""
+    return text.split()[0][1:].split("@")[0].lower() if text.startswith("/") and text.strip() != "/" else ""
 
 
 async def story_from_caption(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -255,6 +263,13 @@ async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     """/start and /help: usage, limits and the queue length."""
     d = deps(context)
     await reply(update.effective_message, await intake.help_text(d.queue, d.bot_config))
+
+
+async def whoami_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/whoami: the user's and the chat's ids. Answered for everyone: it shows only the asker's own ids,
+    and it is how an operator finds the id to allow."""
+    user, chat = update.effective_user, update.effective_chat
+    await update.effective_message.reply_text(texts.whoami_text("Telegram", user.id, [("chat", chat.id)]))
 
 
 async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -209,6 +209,19 @@ def worker_line(w: WorkerStatus) -> str:
 
 
 # -- refusals and replies ------------------------------------------------------------------------
+# Answered to everyone, allowlisted or not: they show only the asker's own ids, and an operator needs
+# them to fill the allowlist in the first place.
+OPEN_COMMANDS = ("whoami",)
+
+
+def whoami_text(platform: str, user_id: str | int, where: list[tuple[str, str | int]]) -> str:
+    """Your ids, so an operator can put theirs in SVIBOT_ALLOWED_USERS / SVIBOT_ADMINS (or the notebook's OPERATOR_ID)."""
+    lines = [f"Your {platform} user id: {user_id}"] + [f"This {name}'s id: {value}" for name, value in where]
+    lines.append(f"The operator lets you in with SVIBOT_ALLOWED_USERS={user_id} (and SVIBOT_ADMINS={user_id} "
+                 "for an admin); in the Colab notebook, put it in OPERATOR_ID.")
+    return "\n".join(lines)
+
+
 NOT_ALLOWED = "Sorry, this bot is private. The operator decides who may use it."
 NOT_ALLOWED_CHAT = "Sorry, this bot is not enabled in this chat. The operator decides where it may be used."
 ADMINS_ONLY = "Only the bot's admins may do that."

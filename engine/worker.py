@@ -118,6 +118,8 @@ class Worker:
 
         With `once`, drain: stop when nothing this worker can claim is queued and no other worker
         holds a job either (a job whose worker dies comes back to the queue when its lease expires).
+        With `until_job`, run only that job (other queued jobs stay for another worker) and return
+        once it has ended, whoever ran it.
         """
         done = 0
         work = self.queue.watch("jobs")  # before the first claim: no wake-up is missed
@@ -130,7 +132,9 @@ class Worker:
                 try:
                     await self.queue.reap_expired()
                     await self.queue.worker_seen(self.me, self._preset_loaded or self.config.engine.preset)
-                    job = await self.queue.claim(self.me, presets=self.config.presets)
+                    if until_job is not None and (await self.queue.get_job(until_job)).state not in ("queued", "running"):
+                        break  # ended, whoever ran it
+                    job = await self.queue.claim(self.me, presets=self.config.presets, job_id=until_job)
                     if job is None:
                         if once and (await self.queue.stats()).running == 0:
                             break
@@ -145,8 +149,6 @@ class Worker:
                     await work.wait(self.config.disk_retry_s, stop)
                     continue
                 done += 1
-                if until_job is not None and (await self.queue.get_job(until_job)).state not in ("queued", "running"):
-                    break
         finally:
             try:
                 await self.queue.worker_gone(self.me)

@@ -28,11 +28,13 @@ class LeaseVerbs:
     config: QueueConfig
     _clock: Callable[[], float]
 
-    async def claim(self, worker: WorkerId, *, presets: Collection[str] | None = None) -> Job | None:
+    async def claim(self, worker: WorkerId, *, presets: Collection[str] | None = None,
+                    job_id: int | None = None) -> Job | None:
         """Atomically lease the oldest queued job to `worker`, or return None.
 
         `presets`: the presets this worker can serve (what fits its VRAM); jobs that name no preset
-        get the worker's default. None serves every job.
+        get the worker's default. None serves every job. `job_id`: lease only that job (`svibot story`
+        runs its own job and leaves older ones to `svibot worker`).
         """
         where, args = "state = 'queued'", []
         if presets is not None:
@@ -40,6 +42,9 @@ class LeaseVerbs:
             where += f" AND (preset IS NULL OR preset IN ({','.join('?' * len(presets))}))" if presets \
                 else " AND preset IS NULL"
             args = presets
+        if job_id is not None:
+            where += " AND id = ?"
+            args = [*args, job_id]
         now = self._clock()
         async with self._db.tx() as s:
             row = await s.fetchone(

@@ -21,6 +21,7 @@ from storage.errors import DiskFull, InputError
 from storage.redact import redact
 
 from . import logs
+from . import __version__
 from .config import AppConfig, build_config
 
 log = logging.getLogger("svibot")
@@ -29,13 +30,24 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # (their own grace is shorter) and the worker stops at its next denoising step. A worker still busy
 # then (a slow step) is abandoned: its job goes back to the queue and resumes at the next start.
 SERVE_STOP_S = 20.0
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level(value: str) -> str:
+    """argparse type for --log-level (and SVIBOT_LOG_LEVEL, its default): a name, any case."""
+    level = value.strip().upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
+    return level
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="svibot", description="Photo + story -> long video (SVI 2.0 Pro on Wan 2.2 I2V A14B).")
     parser.add_argument("--data-dir", help="queue, photos, videos and model cache (env SVIBOT_DATA_DIR; default ./svibot-data)")
-    parser.add_argument("--log-level", default=os.environ.get("SVIBOT_LOG_LEVEL", "INFO"))
+    parser.add_argument("--version", action="version", version=f"svibot {__version__}")
+    parser.add_argument("--log-level", type=log_level, default=os.environ.get("SVIBOT_LOG_LEVEL") or "INFO",
+                        help=f"{', '.join(LOG_LEVELS)} (env SVIBOT_LOG_LEVEL; default INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def db_flag(p: argparse.ArgumentParser) -> None:
@@ -71,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--color-match", choices=["off", "anchor"], help="anchor: later segments take the photo's colours")
     p.add_argument("--out", type=Path, help="copy the stitched video here")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--download", action="store_true", help="fetch the preset's missing model files first")
+    p.add_argument("--no-worker", action="store_true",
+                   help="only queue the story and follow it; a running `svibot worker` (models kept loaded) "
+                        "runs it. Interrupting cancels the job.")
     engine_flags(p)
 
     p = sub.add_parser("worker", help="run the GPU worker on the queue")
@@ -235,7 +251,6 @@ async def cmd_worker(cfg: AppConfig, args: argparse.Namespace) -> int:
 
 async def cmd_serve(cfg: AppConfig, args: argparse.Namespace) -> int:
     """Bots and (unless --no-worker) the worker in one process, around one queue."""
-    from bot.config import BotConfig, DiscordConfig, TelegramConfig
     from engine.worker import Worker
     from storage.redact import add_secret
 
@@ -246,19 +261,13 @@ async def cmd_serve(cfg: AppConfig, args: argparse.Namespace) -> int:
         print("svibot serve: --snapshot-to copies the SQLite queue; with a PostgreSQL queue use the "
               "database's own backups (pg_dump)", file=sys.stderr)
         return EXIT_USAGE
-    env = os.environ
-    platforms = []
-    try:
-        bot_config = BotConfig.from_env(env)
-        if args.telegram:
-            from bot.telegram import run_telegram
-            platforms.append((run_telegram, TelegramConfig.from_env(env)))
-        if args.discord:
-            from bot.discord_app import run_discord
-            platforms.append((run_discord, DiscordConfig.from_env(env)))
-    except ValueError as err:  # a missing token or a malformed setting, named by the message
-        print(f"svibot: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    platforms = []  # a missing token or a malformed setting raises BadSetting, naming it
+    if args.telegram:
+        from bot.telegram import run_telegram
+        platforms.append((run_telegram, cfg.telegram()))
+    if args.discord:
+        from bot.discord_app import run_discord
+        platforms.append((run_discord, cfg.discord()))
     for _, conf in platforms:
         add_secret(conf.token)
     stop, interrupted = asyncio.Event(), []
@@ -270,7 +279,7 @@ async def cmd_serve(cfg: AppConfig, args: argparse.Namespace) -> int:
     worker = None
     log.debug("serving the queue at %s", describe_queue(cfg))  # INFO stays quiet until the bots are up
     async with await JobQueue.open(cfg.queue, cfg.data_dir.photos) as queue:
-        tasks = [asyncio.create_task(run(conf, bot_config, queue, cfg.data_dir, stop)) for run, conf in platforms]
+        tasks = [asyncio.create_task(run(conf, cfg.bot, queue, cfg.data_dir, stop)) for run, conf in platforms]
         if not args.no_worker:
             worker = Worker(queue, cfg.worker)
             tasks.append(asyncio.create_task(worker.run(stop)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import imageio_ffmpeg
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 from engine.models.presets import GB, PRESETS
 
@@ -95,29 +97,66 @@ def test_preset_dropdown_lists_every_preset_with_its_package_size():
     value, spec = form_fields(read_notebook())["PRESET"]
     options = ast.literal_eval(spec)
     assert ast.literal_eval(value) in options
-    assert ast.literal_eval(value).startswith("q4_k_m")
-    assert {o.split()[0] for o in options} == set(PRESETS)
+    assert ast.literal_eval(value).startswith("auto")  # svibot picks what fits the runtime
+    assert {o.split()[0] for o in options} == set(PRESETS) | {"auto"}
     for option in options:
-        preset = PRESETS[option.split()[0]]
-        if not preset.is_random_weights:
+        preset = PRESETS.get(option.split()[0])
+        if preset and not preset.is_random_weights:
             assert f"({preset.total_bytes / GB:.1f} GB download" in option, option
 
 
-def test_notebook_sets_memory_env_and_never_runs_two_servers():
-    sources = "\n".join(code_cells(read_notebook()))
+def test_notebook_sets_memory_env_and_keeps_one_warm_worker():
+    cells = code_cells(read_notebook())
+    sources = "\n".join(cells)
     assert 'os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"' in sources
-    start = next(s for s in code_cells(read_notebook()) if '"serve"' in s)
-    assert start.index("stop_server()") < start.index("subprocess.Popen")
-    assert "start_new_session=True" in start
-    story = next(s for s in code_cells(read_notebook()) if '"story"' in s)
-    assert "server_pid()" in story
+    helper = next(s for s in cells if "def start_background" in s)
+    assert helper.index("stop_background()") < helper.index("subprocess.Popen")
+    assert "start_new_session=True" in helper
+    story = next(s for s in cells if '"story"' in s)
+    assert '"--no-worker"' in story and "watch=worker_gone" in story  # it follows the warm worker's job
+    start = next(s for s in cells if s.startswith("#@title Start the warm worker"))
+    assert '"worker"' in start and '"serve"' in start
 
 
-def test_worker_only_mode_keeps_the_database_url_off_the_command_line():
-    cell = next(s for s in code_cells(read_notebook()) if '"worker"' in s)
-    assert 'os.environ["SVIBOT_DATABASE_URL"] = secret("SVIBOT_DATABASE_URL")' in cell
-    assert "--database-url" not in cell  # a command line is visible to every process on the runtime
-    assert cell.index("stop_server()") < cell.index("subprocess.Popen") and "start_new_session=True" in cell
+def test_worker_only_mode_keeps_the_database_url_off_the_command_line_and_off_the_disk():
+    cells = code_cells(read_notebook())
+    ask = next(s for s in cells if "WORKER_ONLY = False" in s)
+    assert 'os.environ["SVIBOT_DATABASE_URL"] = secret("SVIBOT_DATABASE_URL")' in ask
+    assert not any("--database-url" in s for s in cells)  # a command line is visible to every process on the runtime
+    helper = next(s for s in cells if "def start_background" in s)
+    assert "sha256" in helper  # the restart check stores a digest of the environment, not the URL
+
+
+@pytest.mark.parametrize("worker_only", [False, True])
+def test_start_background_restarts_only_when_the_command_or_its_environment_changes(tmp_path, monkeypatch, worker_only):
+    ns = run_cells("Helper: at most one background", "Helper: `start_background", DATA_DIR=str(tmp_path))
+    cmd = [sys.executable, "-c", "import time; time.sleep(60)", "svibot", "worker"]
+    monkeypatch.setenv("SVIBOT_DATABASE_URL", "postgresql://svibot:hunter2@db.example/svibot")
+    try:
+        ns["start_background"](cmd)
+        first = ns["BACKGROUND"]
+        ns["start_background"](cmd)  # the same command: the warm worker is kept
+        assert ns["BACKGROUND"] is first and first.poll() is None
+        assert "hunter2" not in (tmp_path / "worker.cmd").read_text()
+        if worker_only:
+            monkeypatch.setenv("SVIBOT_DATABASE_URL", "postgresql://svibot:other@db.example/svibot")
+        else:
+            monkeypatch.setenv("SVIBOT_ALLOWED_USERS", "4242")
+        ns["start_background"](cmd)  # another queue or allowlist: a new process
+        assert ns["BACKGROUND"] is not first and first.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        ns["stop_background"](wait_s=10)
+
+
+def test_every_input_comes_before_the_first_long_step():
+    """Uploads, the Drive sign-in and token prompts all happen before the runtime check, install and download."""
+    cells = code_cells(read_notebook())
+    first_run = next(i for i, s in enumerate(cells) if s.startswith("#@title Runtime check"))
+    asking = [i for i, s in enumerate(cells) if re.search(r"files\.upload\(|drive\.mount\(|secret\((?![^)]*ask=False)", s)
+              and not s.startswith("#@title Helper")]
+    assert asking and max(asking) < first_run, asking
+    fields = [i for i, s in enumerate(cells) for line in s.splitlines() if FORM_FIELD.match(line)]
+    assert [i for i in fields if i > first_run] == [cells.index(next(s for s in cells if "STOP = False" in s))]
 
 
 def test_notebook_states_colab_limits_and_responsible_use():
@@ -134,9 +173,12 @@ def test_set_form_fields_rejects_unknown_names():
 
 
 # -- helper cells, run in-process --------------------------------------------------------------
-def run_cells(*titles: str, **names) -> dict:
+def run_cells(*titles: str, fields: dict | None = None, **names) -> dict:
     """Execute the setup cell, then the cells whose `#@title` starts with each of `titles`."""
-    cells = code_cells(read_notebook())
+    nb = read_notebook()
+    if fields:
+        set_form_fields(nb, **fields)
+    cells = code_cells(nb)
     namespace = dict(names)
     exec(cells[0], namespace)  # imports and IN_COLAB
     for title in titles:
@@ -145,51 +187,116 @@ def run_cells(*titles: str, **names) -> dict:
     return namespace
 
 
-def test_run_helper_streams_lines_keeps_carriage_returns_and_raises_on_failure(capsys):
-    ns = run_cells("Helper: `run(cmd)`")
+HELPERS = ("Helper: `explain", "Helper: `start(cmd)`", "Helper: `run(cmd)`")
+
+
+def test_run_helper_streams_lines_keeps_carriage_returns_and_names_a_failing_command_whole(capsys):
+    ns = run_cells(*HELPERS)
     lines = []
     script = "import sys; sys.stderr.write('10%\\r50%\\r100%\\n'); print('segment 1/1: a.mp4'); print('story: b.mp4')"
     ns["run"]([sys.executable, "-c", script], on_line=lines.append)
     assert lines == ["segment 1/1: a.mp4\n", "story: b.mp4\n"]
     assert "10%\r50%\r100%" in capsys.readouterr().err  # progress bars redraw in place
-    with pytest.raises(RuntimeError, match="exit code 3"):
-        ns["run"]([sys.executable, "-c", "raise SystemExit(3)"])
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "svibot @ git+https://example.invalid/x"]
+    with pytest.raises(ns["Stop"]) as err:
+        ns["run"]([sys.executable, "-c", "raise SystemExit(3)", *cmd[1:]])
+    assert str(err.value) == (f"`{sys.executable} -c 'raise SystemExit(3)' -m pip install -q "
+                              "'svibot @ git+https://example.invalid/x'` failed with exit code 3; its output is above.")
 
 
-def test_stop_server_ends_only_a_svibot_server_and_its_group(tmp_path):
+def test_a_killed_command_is_explained_as_out_of_ram():
+    ns = run_cells(*HELPERS)
+    with pytest.raises(ns["Stop"], match=r"was killed \(exit code -9\): the runtime ran out of RAM\. Choose a smaller preset"):
+        ns["run"]([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+
+
+def test_stopping_a_cell_stops_its_command(tmp_path):
+    """A stopped story cell sends SIGTERM to `svibot story --no-worker`, which cancels its job."""
+    ns = run_cells(*HELPERS)
+    marker = tmp_path / "got-sigterm"
+    script = (f"import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: (open({str(marker)!r}, 'w').close(), "
+              "sys.exit(130)))\nprint('segment 1/3: x.mp4', flush=True)\ntime.sleep(60)")
+
+    def interrupt(line):
+        raise KeyboardInterrupt  # what Colab's stop button raises in the cell
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        ns["run"]([sys.executable, "-c", script], on_line=interrupt)
+    assert marker.exists() and time.monotonic() - started < 30
+
+
+def test_run_gives_up_when_the_worker_dies():
+    ns = run_cells(*HELPERS)
+    calls = []
+    with pytest.raises(ns["Stop"], match="worker is gone"):
+        ns["run"]([sys.executable, "-c", "import time; time.sleep(60)"],
+                  watch=lambda: calls.append(1) or ("worker is gone" if len(calls) > 1 else None))
+
+
+def test_stop_background_ends_only_a_svibot_process_and_its_group(tmp_path):
     ns = run_cells("Helper: at most one background", DATA_DIR=str(tmp_path))
-    assert ns["server_pid"]() is None
+    assert ns["background_pid"]() is None
     other = subprocess.Popen(["sleep", "60"])
     try:
-        (tmp_path / "serve.pid").write_text(str(other.pid))  # not a svibot process: left alone
-        assert ns["server_pid"]() is None
+        (tmp_path / "worker.pid").write_text(str(other.pid))  # not a svibot process: left alone
+        assert ns["background_pid"]() is None
     finally:
         other.kill()
-    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "svibot", "serve"],
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "svibot", "worker"],
                               start_new_session=True)
-    (tmp_path / "serve.pid").write_text(str(server.pid))
+    (tmp_path / "worker.pid").write_text(str(worker.pid))
     try:
         for _ in range(100):  # /proc/PID/cmdline reads empty until the exec has settled
-            if ns["server_pid"]() is not None:
+            if ns["background_pid"]() is not None:
                 break
             time.sleep(0.05)
-        assert ns["server_pid"]() == server.pid
-        ns["stop_server"](wait_s=10)
-        assert server.wait(timeout=5) == -signal.SIGTERM
-        assert not (tmp_path / "serve.pid").exists()
+        assert ns["background_pid"]() == worker.pid
+        ns["stop_background"](wait_s=10)
+        assert worker.wait(timeout=5) == -signal.SIGTERM
+        assert not (tmp_path / "worker.pid").exists()
     finally:
-        server.kill()
+        worker.kill()
 
 
-def test_preset_table_says_what_fits_a_t4_and_a_cpu_runtime(capsys):
-    run_cells("Which presets fit", GPU_NAME="Tesla T4", VRAM_GIB=15.0, RAM_GIB=12.7, PRESET="q4_k_m")
-    rows = {line.lstrip("-> ").split()[0]: line for line in capsys.readouterr().out.splitlines()}
-    assert set(rows) == set(PRESETS)
-    assert rows["q4_k_m"].startswith("->") and rows["q4_k_m"].endswith("fits")
-    assert rows["q3_k_m"].endswith("fits") and rows["q8_0"].endswith("too big here")
-    assert rows["tiny"].endswith("(random weights)")
-    run_cells("Which presets fit", GPU_NAME=None, VRAM_GIB=0.0, RAM_GIB=64.0, PRESET="tiny")
-    assert all(line.endswith(("too big here", "(random weights)")) for line in capsys.readouterr().out.splitlines())
+def test_worker_gone_explains_an_out_of_memory_kill(tmp_path):
+    ns = run_cells(*HELPERS, "Helper: at most one background", "Helper: `worker_gone", DATA_DIR=str(tmp_path))
+    (tmp_path / "worker.log").write_text("loading preset Wan 2.2 I2V A14B Q8_0 on cuda in float16\n")
+    proc = subprocess.Popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    proc.wait()
+    ns["BACKGROUND"] = proc
+    why = ns["worker_gone"]()
+    assert "was killed (exit code -9): the runtime ran out of RAM" in why and "loading preset" in why
+
+
+@pytest.mark.parametrize("fields, allowed, admins, note", [
+    ({"OPERATOR_ID": "4242"}, "4242", "4242", False),
+    ({"OPERATOR_ID": "4242", "MORE_USERS": " 7, 8 "}, "4242,7,8", "4242", False),
+    ({}, "nobody-yet", "", True),  # locked until the operator knows their id (/whoami tells them)
+    ({"PUBLIC_BOT": True}, "", "", False),
+])
+def test_bot_mode_fills_the_allowlist_and_admins_with_the_operator(monkeypatch, capsys, fields, allowed, admins, note):
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "1:from-the-environment")
+    for name in ("SVIBOT_ALLOWED_USERS", "SVIBOT_ADMINS"):
+        monkeypatch.delenv(name, raising=False)
+    ns = run_cells("Helper: secrets", "1.5 Bot mode", fields={"START_BOT": True, **fields})
+    assert (os.environ["SVIBOT_ALLOWED_USERS"], os.environ["SVIBOT_ADMINS"]) == (allowed, admins)
+    assert ns["BOT_FLAGS"] == ["--telegram"]
+    assert ("Send it /whoami" in capsys.readouterr().out) == note
+
+
+def test_auto_preset_is_resolved_once_by_svibot_itself(tmp_path, monkeypatch, capsys):
+    """`auto` becomes the engine's own default for this machine (here, without CUDA: `tiny`)."""
+    svibot_shim(tmp_path / "bin")
+    monkeypatch.setenv("PATH", os.pathsep.join([str(tmp_path / "bin"), os.environ["PATH"]]))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("SVIBOT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("SVIBOT_PRESET", raising=False)
+    ns = run_cells(*HELPERS, "Which preset", PRESET="auto")
+    assert ns["PRESET"] == "tiny"
+    rows = {line.lstrip("-> ").split()[0]: line for line in capsys.readouterr().out.splitlines() if "GB download" in line}
+    assert set(rows) == set(PRESETS) and rows["tiny"].startswith("->")
+    assert rows["q3_k_m"].endswith(f"{PRESETS['q3_k_m'].total_bytes / GB:5.1f} GB download")
 
 
 # -- headless run ------------------------------------------------------------------------------
@@ -209,7 +316,9 @@ def videos_shown(cell) -> int:
     return sum("<video" in out.get("data", {}).get("text/html", "") for out in cell.get("outputs", []))
 
 
-def test_runs_headless_on_cpu_with_the_tiny_preset(tmp_path, monkeypatch):
+@pytest.fixture
+def headless(tmp_path, monkeypatch):
+    """Run the notebook as Colab's Run all would, on this CPU, with `svibot` on PATH; stops its worker after."""
     svibot_shim(tmp_path / "bin")
     monkeypatch.setenv("PATH", os.pathsep.join([str(tmp_path / "bin"), str(Path(sys.executable).parent),
                                                 os.environ["PATH"]]))
@@ -218,28 +327,75 @@ def test_runs_headless_on_cpu_with_the_tiny_preset(tmp_path, monkeypatch):
     monkeypatch.setenv("SVIBOT_DEVICE", "cpu")
     for name in ("HF_TOKEN", "SVIBOT_PRESET", "SVIBOT_DATA_DIR", "TELEGRAM_BOT_TOKEN", "DISCORD_BOT_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-
-    nb = read_notebook()
     data_dir = tmp_path / "data"
-    set_form_fields(nb, PRESET="tiny (random weights, CPU test, no download)", INSTALL_FROM="already installed",
-                    DATA_DIR=str(data_dir), STORY="walk | run", SEED=3, LOOP=True,
-                    COLOR_MATCH="anchor (later segments keep the photo's colours)")
-    NotebookClient(nb, kernel_name="python3", timeout=120,
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
 
-    story_cell = next(c for c in nb.cells if c.cell_type == "code" and '"story"' in c.source)
+    def execute(**fields) -> nbformat.NotebookNode:
+        nb = read_notebook()
+        set_form_fields(nb, **{"DATA_DIR": str(data_dir), **fields})
+        client = NotebookClient(nb, kernel_name="python3", timeout=180,
+                                resources={"metadata": {"path": str(tmp_path)}})
+        try:
+            client.execute()
+        except CellExecutionError as err:
+            nb.metadata["error"] = str(err)
+        return nb
+
+    yield execute, data_dir
+    try:
+        os.killpg(int((data_dir / "worker.pid").read_text()), signal.SIGTERM)
+    except (OSError, ValueError):
+        pass
+
+
+def cell_titled(nb: nbformat.NotebookNode, title: str):
+    return next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith(f"#@title {title}"))
+
+
+TINY = "tiny (random weights, CPU test, no download)"
+
+
+def test_runs_headless_on_cpu_with_a_warm_worker_and_a_reroll_without_reloading(headless):
+    execute, data_dir = headless
+    nb = execute(PRESET=TINY, INSTALL_FROM="already installed", STORY="walk | run", SEED=3, REROLL=True)
+    assert "error" not in nb.metadata, nb.metadata.get("error")
+
+    story_cell, reroll_cell = cell_titled(nb, "3. Your story"), cell_titled(nb, "Re-roll")
     text = stream_text(story_cell)
     assert "segment 1/2:" in text and "segment 2/2:" in text, text
     assert videos_shown(story_cell) == 3, "each segment, then the stitched story, is shown inline"
-    final = Path(re.search(r"^story: (.+)$", text, re.M)[1].strip())
-    assert final.is_file() and final.is_relative_to(data_dir)
-    frames, _ = imageio_ffmpeg.count_frames_and_secs(str(final))
-    assert frames == 13 + (13 - 5) - 4  # tiny's 13 frames; the loop drops the 4 that repeat the first frame
+    finals = [Path(re.search(r"^story: (.+)$", stream_text(c), re.M)[1].strip()) for c in (story_cell, reroll_cell)]
+    assert videos_shown(reroll_cell) == 3 and finals[0] != finals[1]
+    for final in finals:
+        assert final.is_file() and final.is_relative_to(data_dir)
+        frames, _ = imageio_ffmpeg.count_frames_and_secs(str(final))
+        assert frames > 0
+    # One warm worker ran both stories: the models were loaded once, not once per story.
+    log = (data_dir / "worker.log").read_text()
+    assert log.count("loading preset") == 1, log
+    assert "svibot worker" in stream_text(cell_titled(nb, "Start the warm worker"))
 
     everything = "\n".join(stream_text(c) for c in nb.cells if c.cell_type == "code")
-    assert "GPU: none" in everything and "WARNING: no GPU" in everything
+    assert "GPU: none" in everything and "`tiny` was chosen" in everything
     assert "-> tiny" in everything  # the size table marks the chosen preset
-    assert "Bot mode is off" in everything and "bot stopped" in everything
-    assert "Worker-only mode is off." in everything
-    photo_cell = next(c for c in nb.cells if c.cell_type == "code" and "chelsea.jpg" in c.source)
-    assert any("image/jpeg" in out.get("data", {}) for out in photo_cell.outputs)
+    assert "bot: off" in everything and "worker left running" in everything
+    install = cell_titled(nb, "Install svibot")
+    assert any("image/jpeg" in out.get("data", {}) for out in install.outputs)  # the packaged sample photo
+    assert "svibot 0.1.0" in stream_text(install)
+
+
+def test_placeholder_repository_url_stops_at_once_with_a_clear_message(headless):
+    execute, data_dir = headless
+    nb = execute(PRESET=TINY)  # INSTALL_FROM stays "repository URL" with the placeholder
+    assert "REPO_URL still holds the placeholder https://github.com/<owner>/svibot" in nb.metadata["error"]
+    assert not cell_titled(nb, "Runtime check").get("outputs")  # nothing after the inputs ran
+
+
+def test_cpu_runtime_stops_at_the_runtime_check_unless_tiny_is_chosen(headless):
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has a GPU")
+    execute, data_dir = headless
+    nb = execute(INSTALL_FROM="already installed")  # the default preset, auto
+    assert "This runtime has no GPU, and the auto preset needs one" in nb.metadata["error"]
+    for later in ("Install svibot", "Download the models", "Start the warm worker", "3. Your story"):
+        assert not cell_titled(nb, later).get("outputs"), later
+    assert not (data_dir / "worker.pid").exists()

@@ -51,7 +51,8 @@ def fetch_part(part: str, repo: str, target: str, models_dir: Path, *, token: st
 
         raise DiskFull(models_dir / target) from err
     except _hub_errors() as err:
-        hint = "not in the local cache and downloads are off" if local_only else type(err).__name__
+        hint = ("not downloaded yet (`svibot download --preset NAME` fetches a preset's files)" if local_only
+                else type(err).__name__)
         raise ModelFileMissing(repo, target, f"{hint} ({err})") from err
 
 
@@ -67,6 +68,12 @@ def _cached(part: str, repo: str, target: str, models_dir: Path) -> bool:
         return True
     except ModelFileMissing:
         return False
+
+
+def missing_parts(preset: Preset, files: ModelFiles, models_dir: Path) -> list[tuple[str, str, str, int]]:
+    """(part, repo, file-or-folder, approximate bytes) of every part not yet in the cache."""
+    return [(part, repo, target, int(preset.sizes.get(part, 0))) for part, repo, target in files.items()
+            if not _cached(part, repo, target, Path(models_dir))]
 
 
 def check_disk(preset: Preset, files: ModelFiles, models_dir: Path) -> int:

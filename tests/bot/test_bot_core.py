@@ -1,4 +1,4 @@
-"""The shared bot parts: config from the environment, access rules, texts, media."""
+"""The shared bot parts: access rules, texts, media (their config is built by svibot.config)."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -9,45 +9,11 @@ import numpy as np
 import pytest
 
 from bot import access, intake, media, texts
-from bot.config import BotConfig, DiscordConfig, TelegramConfig
+from bot.config import BotConfig
 from storage import Limits, NewJob
 from tests.fakes.scripted_worker import count_frames
 
 from .conftest import png_bytes
-
-
-# -- config ---------------------------------------------------------------------------------------
-def test_bot_config_from_env_reads_lists_and_limits():
-    cfg = BotConfig.from_env({"SVIBOT_ALLOWED_USERS": "1, 2,,", "SVIBOT_ADMINS": "9", "SVIBOT_MAX_ACTIVE_JOBS": "2",
-                              "SVIBOT_STORIES_PER_DAY": "5", "SVIBOT_MAX_SEGMENTS": "4"})
-    assert cfg.allowed_users == {"1", "2"} and cfg.allowed_chats == frozenset() and cfg.admins == {"9"}
-    assert (cfg.max_active_jobs, cfg.stories_per_day, cfg.limits.max_segments) == (2, 5, 4)
-    with pytest.raises(ValueError, match="SVIBOT_MAX_ACTIVE_JOBS must be a whole number, not 'many'"):
-        BotConfig.from_env({"SVIBOT_MAX_ACTIVE_JOBS": "many"})
-    with pytest.raises(ValueError, match="SVIBOT_MAX_SEGMENTS is 0; it must be at least 1"):
-        BotConfig.from_env({"SVIBOT_MAX_SEGMENTS": "0"})
-
-
-def test_telegram_config_derives_urls_and_caps_uploads_by_server():
-    cloud = TelegramConfig.from_env({"TELEGRAM_BOT_TOKEN": "1:abc"})
-    assert (cloud.bot_url, cloud.file_url) == ("https://api.telegram.org/bot", "https://api.telegram.org/file/bot")
-    assert cloud.upload_limit_bytes == 50 * 1024 * 1024 and "1:abc" not in repr(cloud)
-    local = TelegramConfig.from_env({"TELEGRAM_BOT_TOKEN": "1:abc", "TELEGRAM_API_BASE_URL": "http://localhost:8081/",
-                                     "SVIBOT_TELEGRAM_UPLOAD_LIMIT_MB": "2000"})
-    assert local.bot_url == "http://localhost:8081/bot" and local.upload_limit_mb == 2000
-    with pytest.raises(ValueError, match="SVIBOT_TELEGRAM_UPLOAD_LIMIT_MB is 2000; it must be at least 1 and at most 50"):
-        TelegramConfig.from_env({"TELEGRAM_BOT_TOKEN": "1:abc", "SVIBOT_TELEGRAM_UPLOAD_LIMIT_MB": "2000"})
-    with pytest.raises(ValueError, match="TELEGRAM_BOT_TOKEN is empty"):
-        TelegramConfig.from_env({})
-
-
-def test_discord_config_from_env():
-    cfg = DiscordConfig.from_env({"DISCORD_BOT_TOKEN": "t", "DISCORD_GUILD_ID": "123", "SVIBOT_DISCORD_SPOILER": "Never"})
-    assert (cfg.guild_id, cfg.spoiler, cfg.edit_interval_s) == (123, "never", 2.0)
-    with pytest.raises(ValueError, match="SVIBOT_DISCORD_SPOILER is 'maybe'"):
-        DiscordConfig.from_env({"DISCORD_BOT_TOKEN": "t", "SVIBOT_DISCORD_SPOILER": "maybe"})
-    with pytest.raises(ValueError, match="DISCORD_GUILD_ID must be a numeric id, not 'abc'"):
-        DiscordConfig.from_env({"DISCORD_BOT_TOKEN": "t", "DISCORD_GUILD_ID": "abc"})
 
 
 # -- access ---------------------------------------------------------------------------------------

@@ -344,3 +344,14 @@ def test_spoiler_policy(mode, nsfw, expected):
 def test_spoiler_policy_names_a_bad_mode():
     with pytest.raises(ValueError, match="'sometimes'.*auto"):
         spoiler_for("sometimes", False)
+
+
+async def test_whoami_answers_the_users_channel_and_server_ids(fake, queue, data_dir, bot_config):
+    locked = BotConfig(allowed_users=frozenset({"nobody-yet"}), poll_interval_s=0.05)
+    async with running_bot(fake, queue, data_dir, locked):
+        assert "whoami" in {c["name"] for commands in fake.commands.values() for c in commands}
+        interaction = await fake.send_interaction(fake.slash("whoami", STRANGER))
+        reply = await reply_of(fake, interaction)
+    assert f"Your Discord user id: {STRANGER}" in reply
+    assert f"This channel's id: {fake.channel_id}" in reply and f"This server's id: {fake.guild_id}" in reply
+    assert [c.data.get("flags") for c in fake.callbacks_for(interaction)] == [64]  # ephemeral: only the asker sees it

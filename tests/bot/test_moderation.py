@@ -5,6 +5,9 @@ import pytest
 
 from bot.config import BotConfig
 from bot.moderation import BlockedWords
+from storage import Limits
+from storage.errors import BadSetting
+from svibot.config import load_bot
 
 from .conftest import png_bytes
 
@@ -34,7 +37,9 @@ def test_a_file_of_words_with_comments(tmp_path):
     assert blocked.find("an EPEE fight") == "epee"
     with pytest.raises(ValueError, match="looks like a file path.*no such file"):
         BlockedWords.parse(str(tmp_path / "missing.txt"))
-    assert BotConfig.from_env({"SVIBOT_BLOCKED_WORDS": str(path)}).blocked_words == blocked
+    assert load_bot({"SVIBOT_BLOCKED_WORDS": str(path)}, Limits()).blocked_words == blocked
+    with pytest.raises(BadSetting, match="SVIBOT_BLOCKED_WORDS: .*no such file"):
+        load_bot({"SVIBOT_BLOCKED_WORDS": str(tmp_path / "missing.txt")}, Limits())
 
 
 async def test_blocked_story_is_refused_neutrally_and_nothing_is_queued(fake_telegram, start_bot, queue):

@@ -176,3 +176,14 @@ async def test_token_never_appears_in_logs(fake_telegram, start_bot, caplog):
     assert "<redacted>" in caplog.text  # httpx logged the request URLs, which carry the token
     assert fake.token not in caplog.text
     assert all(fake.token not in r.getMessage() for r in caplog.records)
+
+
+async def test_whoami_answers_ids_even_to_users_outside_the_allowlist(fake_telegram, start_bot, queue):
+    # An operator finds the id to allow with /whoami, so it must work before they are allowed.
+    fake = fake_telegram
+    await start_bot(BotConfig(allowed_users=frozenset({"nobody-yet"}), poll_interval_s=0.05))
+    fake.user_message(-700, OTHER, text="/whoami")
+    reply = await _reply_to(fake, -700, 0)
+    assert f"Your Telegram user id: {OTHER}" in reply and "This chat's id: -700" in reply
+    assert f"SVIBOT_ALLOWED_USERS={OTHER}" in reply and "OPERATOR_ID" in reply
+    assert await queue.list_jobs() == []

@@ -178,7 +178,7 @@ async def test_buttons_on_missing_foreign_or_other_chat_jobs_are_answered_and_ch
 # -- row 8: the prompt length limit from the environment ---------------------------------------------
 async def test_the_prompt_length_limit_from_the_environment_is_enforced_and_shown(fake_telegram, start_bot, queue):
     fake = fake_telegram
-    bot_config = replace(BotConfig.from_env({"SVIBOT_MAX_PROMPT_CHARS": "20"}), poll_interval_s=0.05)
+    bot_config = BotConfig(limits=Limits(max_prompt_chars=20), poll_interval_s=0.05)
     await start_bot(bot_config)
     fake.user_message(CHAT, USER, text="/help")
     assert "prompts up to 20 characters" in await reply_in(fake, CHAT, 0)

@@ -264,3 +264,23 @@ async def test_a_stored_quality_reaches_the_engine_as_the_whole_recipe(tmp_path)
     progress = [e.payload for e in await queue.events_for_job(jobs[0].id) if e.kind == "progress"]
     assert progress and {p["num_steps"] for p in progress} == {50}
     await queue.close()
+
+
+async def test_idle_worker_waits_through_many_polls_then_serves_a_new_job(tmp_path):
+    # Idle polls end in a timeout, and asyncio's timeouts are not the builtin TimeoutError before
+    # Python 3.11 (an idle worker once crashed there after one poll); it must keep polling everywhere.
+    cfg = make_config(tmp_path / "idle")
+    queue = await open_queue(cfg)
+    stop = asyncio.Event()
+    worker_task = asyncio.create_task(Worker(queue, cfg).run(stop))
+    await asyncio.sleep(cfg.poll_s * 8)
+    assert not worker_task.done(), worker_task.exception() if worker_task.done() else None
+    job = await queue.enqueue(story_job(["late"]), Limits())
+    for _ in range(400):
+        if (await queue.get_job(job.id)).state == "done":
+            break
+        await asyncio.sleep(cfg.poll_s)
+    stop.set()
+    assert await asyncio.wait_for(worker_task, 30) == 1
+    assert (await queue.get_job(job.id)).state == "done"
+    await queue.close()

@@ -34,6 +34,18 @@ async def test_claim_on_empty_queue_returns_none(make_queue):
     assert await q.claim(_worker(0)) is None
 
 
+async def test_claim_of_one_job_skips_older_queued_ones(make_queue, limits):
+    # `svibot story` runs only its own job; older jobs stay queued for `svibot worker`.
+    q = await make_queue()
+    older = await q.enqueue(new_job(["older"]), limits)
+    mine = await q.enqueue(new_job(["mine"]), limits)
+    got = await q.claim(_worker(0), job_id=mine.id)
+    assert got.id == mine.id and got.state == "running"
+    assert (await q.get_job(older.id)).state == "queued"
+    assert await q.claim(_worker(1), job_id=mine.id) is None  # already running: nobody else gets it
+    assert (await q.claim(_worker(1))).id == older.id
+
+
 def _claim_all(config: QueueConfig, photos: str, index: int, out: str) -> None:
     async def run() -> list[int]:
         q = await JobQueue.open(config, Path(photos))

@@ -79,7 +79,7 @@ def test_config_flags_win_over_env(tmp_path):
     assert cfg.limits.max_segments == 4
     assert dict(cfg.engine.file_overrides) == {"low_repo": "you/wan", "high_repo": "me/wan"}
     assert cfg.data_dir.db_path == tmp_path / "queue.sqlite3"
-    with pytest.raises(BadSetting, match="SVIBOT_MAX_SEGMENTS must be an integer but is 'ten'"):
+    with pytest.raises(BadSetting, match="SVIBOT_MAX_SEGMENTS must be a whole number but is 'ten'"):
         build_config(args, {"SVIBOT_MAX_SEGMENTS": "ten"})
     with pytest.raises(BadSetting, match="KEY=VALUE"):
         build_config(build_parser().parse_args(["worker", "--model-file", "oops"]), {})
@@ -137,3 +137,39 @@ def test_fast_path_settings_come_from_the_environment(tmp_path):
         build_config(args, {"SVIBOT_WEIGHTS": "int4"})
     with pytest.raises(BadSetting, match="SVIBOT_ATTENTION must be one of auto, sdpa, .* but is 'xformers'"):
         build_config(args, {"SVIBOT_ATTENTION": "xformers"})
+
+
+def test_help_and_version_do_not_import_torch():
+    # torch takes seconds to import; `svibot --help` must not wait for it.
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom svibot.cli import main\nfor argv in (['--help'], ['story', '--help'], ['--version']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0, e.code\n"
+            "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules)\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stdout and "svibot 0.1.0" in out.stdout
+
+
+def test_version_matches_the_package(capsys):
+    from svibot import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"svibot {__version__}"
+
+
+def test_bad_log_level_is_a_clear_usage_error(capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--log-level", "loud", "jobs"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "'loud' is not a log level; use one of DEBUG, INFO, WARNING" in err
+    assert "Traceback" not in err
+    monkeypatch.setenv("SVIBOT_LOG_LEVEL", "verbose")
+    with pytest.raises(SystemExit):
+        main(["jobs"])
+    assert "'verbose' is not a log level" in capsys.readouterr().err
+    assert build_parser().parse_args(["--log-level", "debug", "jobs"]).log_level == "DEBUG"
