@@ -356,7 +356,8 @@ TINY = "tiny (random weights, CPU test, no download)"
 
 def test_runs_headless_on_cpu_with_a_warm_worker_and_a_reroll_without_reloading(headless):
     execute, data_dir = headless
-    nb = execute(PRESET=TINY, INSTALL_FROM="already installed", STORY="walk | run", SEED=3, REROLL=True)
+    nb = execute(PRESET=TINY, INSTALL_FROM="already installed", STORY="walk | run", SEED=3, REROLL=True,
+                 LOOP=True, COLOR_MATCH="anchor (later segments keep the photo's colours)")
     assert "error" not in nb.metadata, nb.metadata.get("error")
 
     story_cell, reroll_cell = cell_titled(nb, "3. Your story"), cell_titled(nb, "Re-roll")
@@ -368,7 +369,7 @@ def test_runs_headless_on_cpu_with_a_warm_worker_and_a_reroll_without_reloading(
     for final in finals:
         assert final.is_file() and final.is_relative_to(data_dir)
         frames, _ = imageio_ffmpeg.count_frames_and_secs(str(final))
-        assert frames > 0
+        assert frames == 13 + (13 - 5) - 4  # tiny's 13 frames; the loop drops the 4 that repeat the first frame
     # One warm worker ran both stories: the models were loaded once, not once per story.
     log = (data_dir / "worker.log").read_text()
     assert log.count("loading preset") == 1, log
