@@ -22,7 +22,6 @@ from storage.errors import BadSetting, EmptyPrompt
 
 from .color import lab_stats, match_colors
 from .config import GenerationSettings
-from .errors import Cancelled
 from .models.loading import Models, free_memory
 from .models.lora import set_strengths
 from .photo import fit_photo, image_to_array, is_portrait, load_photo
