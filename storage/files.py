@@ -17,6 +17,7 @@ from .errors import DiskFull
 # free failed for want of space.
 LOW_SPACE = 16 * 2**20
 ENOSPC_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+SQLITE_FULL = 13  # SQLite's result code; the sqlite3 module names it only from Python 3.11
 
 
 def is_disk_full(err: BaseException) -> bool:
@@ -26,7 +27,7 @@ def is_disk_full(err: BaseException) -> bool:
     if isinstance(err, OSError) and err.errno in ENOSPC_ERRNOS:
         return True
     if isinstance(err, sqlite3.Error):
-        return getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(err)
+        return getattr(err, "sqlite_errorcode", None) == SQLITE_FULL or "disk is full" in str(err)
     return False
 
 

@@ -23,11 +23,12 @@ log = logging.getLogger(__name__)
 # Another process (a backup, a second `svibot jobs`) may hold the write lock past the busy timeout;
 # BEGIN is then retried with growing pauses for this long before the error goes up.
 LOCK_RETRY_S = 600.0
+SQLITE_BUSY, SQLITE_LOCKED = 5, 6  # SQLite's result codes; the sqlite3 module names them only from 3.11
 LOCK_BACKOFF_S = (0.05, 5.0)  # first pause, longest pause
 
 
 def _is_locked(err: sqlite3.Error) -> bool:
-    return getattr(err, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) \
+    return getattr(err, "sqlite_errorcode", None) in (SQLITE_BUSY, SQLITE_LOCKED) \
         or "database is locked" in str(err)
 
 
