@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.measure import GIB, sync  # noqa: E402
+from bench.measure import ATTENTION_KERNEL_KEYS, GIB, one_block_kernels, sync  # noqa: E402
 from bench.segment import run_floor, story_settings, transformer_config  # noqa: E402
 
 FAST = dict(svi=1.0, lightx2v=0.5)  # the high-noise expert's strengths in the SVI workflow
@@ -93,19 +93,8 @@ def quality(out: torch.Tensor, ref: torch.Tensor) -> dict:
 
 def kernels_of(model, kw) -> list[str]:
     """GPU kernels one block launches (attention and matmuls), from the profiler."""
-    from torch.profiler import ProfilerActivity, profile
-
-    keep = model.blocks[1:]
-    model.blocks = model.blocks[:1]
-    try:
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            model(**kw)
-            sync()
-    finally:
-        model.blocks.extend(keep)
-    names = sorted({e.key for e in prof.key_averages()})
-    keys = ("flash", "fmha", "cudnn", "attention", "efficient", "gemm", "gmma", "xmma", "cutlass", "sm90", "triton")
-    return [n[:140] for n in names if any(k in n.lower() for k in keys)]
+    keys = ATTENTION_KERNEL_KEYS + ("gemm", "gmma", "xmma", "cutlass", "sm90", "triton")
+    return [n[:140] for n in one_block_kernels(model, kw, keys)]
 
 
 def uncompile(model) -> None:

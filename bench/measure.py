@@ -127,3 +127,23 @@ def forward_flops(cfg: dict, tokens: int, text_tokens: int) -> float:
     d, ffn, L = cfg["num_attention_heads"] * cfg["attention_head_dim"], cfg["ffn_dim"], tokens
     per_block = 8 * L * d * d + 4 * L * d * d + 4 * text_tokens * d * d + 4 * L * d * ffn + 4 * L * L * d
     return per_block * cfg["num_layers"]
+
+
+ATTENTION_KERNEL_KEYS = ("flash", "fmha", "cudnn", "attention", "efficient")
+
+
+def one_block_kernels(model, kw, keys) -> list[str]:
+    """Sorted names of the GPU kernels one transformer block's forward launches whose names hold one of
+    `keys` (case-insensitive), from the profiler; the other blocks are set aside for the run."""
+    from torch.profiler import ProfilerActivity, profile
+
+    keep = model.blocks[1:]
+    model.blocks = model.blocks[:1]
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model(**kw)
+            sync()
+    finally:
+        model.blocks.extend(keep)
+    names = {e.key for e in prof.key_averages()}
+    return sorted(n for n in names if any(k in n.lower() for k in keys))

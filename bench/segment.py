@@ -21,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.measure import GIB, sync  # noqa: E402
+from bench.measure import ATTENTION_KERNEL_KEYS, GIB, one_block_kernels, sync  # noqa: E402
 from engine.config import GenerationSettings  # noqa: E402
 
 A14B = dict(num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, text_dim=4096, num_layers=40)
@@ -173,18 +173,7 @@ def run_floor(size: str, out: Path) -> dict:
 
 def sdpa_kernels(model, kw) -> list[str]:
     """Names of the attention kernels one block's forward launches (flash, cuDNN or efficient)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    keep = model.blocks[1:]
-    model.blocks = model.blocks[:1]
-    try:
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            model(**kw)
-            sync()
-    finally:
-        model.blocks.extend(keep)
-    names = {e.key for e in prof.key_averages()}
-    return sorted(n for n in names if any(k in n.lower() for k in ("flash", "fmha", "cudnn", "attention", "efficient")))
+    return one_block_kernels(model, kw, ATTENTION_KERNEL_KEYS)
 
 
 # ---- orchestration ----------------------------------------------------------------------------
