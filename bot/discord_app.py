@@ -186,24 +186,24 @@ async def cancel(interaction: discord.Interaction[SviClient], job: int | None = 
     await _reply(interaction, text)
 
 
-async def queue_(interaction: discord.Interaction[SviClient]) -> None:
-    """Show the whole queue (admins only)."""
+async def _admin_reply(interaction: discord.Interaction[SviClient], report) -> None:
+    """Reply with an admins-only report (`intake.queue_overview`, `intake.usage_stats`), or the refusal."""
     client = interaction.client
     try:
-        text = await intake.queue_overview(client.queue, client.bot_config, user_id=str(interaction.user.id))
+        text = await report(client.queue, client.bot_config, user_id=str(interaction.user.id))
     except AccessDenied as err:
         text = str(err)
     await _reply(interaction, text)
+
+
+async def queue_(interaction: discord.Interaction[SviClient]) -> None:
+    """Show the whole queue (admins only)."""
+    await _admin_reply(interaction, intake.queue_overview)
 
 
 async def stats(interaction: discord.Interaction[SviClient]) -> None:
     """Usage of the last 7 days (admins only)."""
-    client = interaction.client
-    try:
-        text = await intake.usage_stats(client.queue, client.bot_config, user_id=str(interaction.user.id))
-    except AccessDenied as err:
-        text = str(err)
-    await _reply(interaction, text)
+    await _admin_reply(interaction, intake.usage_stats)
 
 
 async def help_(interaction: discord.Interaction[SviClient]) -> None:

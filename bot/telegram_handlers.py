@@ -297,24 +297,24 @@ async def cancel_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     await reply(message, text)
 
 
-async def queue_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/queue: the whole queue, admins only."""
+async def _admin_reply(update: Update, context: ContextTypes.DEFAULT_TYPE, report) -> None:
+    """Reply with an admins-only report (`intake.queue_overview`, `intake.usage_stats`), or the refusal."""
     d = deps(context)
     try:
-        text = await intake.queue_overview(d.queue, d.bot_config, user_id=str(update.effective_user.id))
+        text = await report(d.queue, d.bot_config, user_id=str(update.effective_user.id))
     except AccessDenied as err:
         text = str(err)
     await reply(update.effective_message, text)
+
+
+async def queue_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/queue: the whole queue, admins only."""
+    await _admin_reply(update, context, intake.queue_overview)
 
 
 async def stats_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/stats: usage of the last 7 days, admins only."""
-    d = deps(context)
-    try:
-        text = await intake.usage_stats(d.queue, d.bot_config, user_id=str(update.effective_user.id))
-    except AccessDenied as err:
-        text = str(err)
-    await reply(update.effective_message, text)
+    await _admin_reply(update, context, intake.usage_stats)
 
 
 async def forget_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
