@@ -16,6 +16,8 @@ from torch import nn
 
 from storage.errors import BadSetting
 
+from .gguf_plain import gguf_linears, with_plain_weights
+
 log = logging.getLogger(__name__)
 
 CHOICES = ("auto", "off")
@@ -61,7 +63,10 @@ def compile_blocks(model: nn.Module, **compile_kwargs) -> int:
         if getattr(block, "_svibot_compiled", False):
             continue
         # An instance attribute wins over the class's forward; `_call_impl` (and its hooks) stays eager.
-        block.forward = _guarded(block.forward, torch.compile(block.forward, **compile_kwargs), state)
+        # GGUF weights enter the compiled code as plain bytes (gguf_plain.py), also when it runs eagerly.
+        guarded = _guarded(block.forward, torch.compile(block.forward, **compile_kwargs), state)
+        block.forward = with_plain_weights(guarded, gguf_linears(block))
+        block.forward.compile_state = state
         block._svibot_compiled = True
     # Both experts share one code object: raise the recompile limit above the blocks' few variants
     # (resident, streamed, FP8 or GGUF linears) so none falls back to eager.

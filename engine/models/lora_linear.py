@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.gguf_plain import dequantized_weight
+
 
 @dataclass
 class Adapter:
@@ -147,17 +149,11 @@ class LoraLinear(nn.Module):
             return self.base_layer(x)  # every strength 0: exactly the base layer
         base = self.base_layer
         dtype = self.compute_dtype
-        weight = base.weight
-        quantized = hasattr(weight, "quant_type")  # diffusers' GGUFParameter
-        if quantized:
-            from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
-
-            w = dequantize_gguf_tensor(weight)
-        else:
-            w = weight
+        # GGUF bytes (diffusers' GGUFParameter, or plain bytes inside compiled code) are dequantized here
+        w, quantized = dequantized_weight(base)
         # fresh means a temporary of our own (dequantized or cast); decided without data_ptr(), which
         # torch.compile cannot trace through GGUFParameter's __torch_function__
-        fresh = quantized or weight.dtype != dtype
+        fresh = quantized or w.dtype != dtype
         w = w.to(dtype)  # (out, in)
         up = self.lora_up[:, lo:hi].to(dtype) * self.lora_scale[lo:hi].to(dtype)  # (out, r)
         down = self.lora_down[lo:hi].to(dtype)  # (r, in)
