@@ -215,6 +215,8 @@ def main() -> None:
             model, _streamer = load_expert(paths, args.files, device, dtype)
             compile_blocks(model, **ckw)
             row("gguf+compile", weights="gguf", attention="sdpa", compiled=True)
+            if "kernels" in steps and "error" not in res["rows"]["gguf+compile"]:
+                res["kernels_gguf_compiled"] = kernels_of(model, kw)
     res["total_s"] = time.perf_counter() - t0
     save()
     report(res, args.out / "fastpath.md")
@@ -224,7 +226,8 @@ def report(res: dict, path: Path) -> None:
     text = [table(res), ""]
     if res.get("attention_self_test"):
         text += ["Attention self-test (32,760 tokens, 4 heads of 128, bf16):", "```", *res["attention_self_test"], "```"]
-    for key, what in (("kernels_gguf", "GGUF path"), ("kernels_fp8_compiled", "FP8, compiled")):
+    for key, what in (("kernels_gguf", "GGUF path"), ("kernels_fp8_compiled", "FP8, compiled"),
+                      ("kernels_gguf_compiled", "GGUF, compiled")):
         if res.get(key):
             text += [f"Kernels one block launched ({what}, torch.profiler):", "```", *res[key], "```"]
     extra = {k: res[k] for k in ("load_place_s", "fp8_convert_s", "fp8_linears", "total_s") if k in res}
