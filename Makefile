@@ -12,6 +12,10 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PHOTO ?= examples/chelsea.jpg
 STORY ?= walk | run | fly
+# pytest-xdist workers for `make test` (0: one process). The suite waits more than it computes (process
+# start-ups, long polls ending, leases running out), so on CI's 2 cores 4 workers finish sooner than 2
+# (about 150 s against 195 s, measured on a 2-core machine).
+PYTEST_WORKERS ?= 4
 # `make test-lowest` runs the suite on the oldest Python that pyproject.toml accepts, in its own venv,
 # with every other runtime dependency at its lower bound (torch: the newest release allowed here).
 LOWEST_PYTHON ?= python3.10
@@ -33,7 +37,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: install
-	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-lowest:
 	$(LOWEST_PYTHON) .ci/lowest_constraints.py pyproject.toml > $(LOWEST_CONSTRAINTS)
