@@ -22,7 +22,7 @@ LOWEST_PYTHON ?= python3.10
 LOWEST_TORCH_SPEC ?= torch==2.14.1
 LOWEST_CONSTRAINTS := .venv-lowest.constraints.txt
 # That second pass runs the whole suite too: the engine references check diffusers' pipeline at its lower
-# bound, and both passes with their installs take about 7 minutes on CI's 2 cores. Extra pytest arguments
+# bound, and both passes with their installs take about 7.5 minutes on CI's 2 cores. Extra pytest arguments
 # (a path list, `-k`) go in LOWEST_PYTEST_ARGS.
 LOWEST_PYTEST_ARGS ?=
 
