@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from PIL import Image
 
 from bot.config import BotConfig, TelegramConfig
 from bot.telegram import run_telegram
-from storage import DataDir, JobQueue, QueueConfig
+from storage import DataDir, Job, JobQueue, QueueConfig
 from storage.redact import forget_secret
 from tests.fakes.scripted_worker import ScriptedWorker
 from tests.fakes.telegram_api import FakeTelegram
@@ -20,6 +21,16 @@ def png_bytes(size: tuple[int, int] = (96, 64), color: str = "orange") -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, "PNG")
     return buf.getvalue()
+
+
+async def recorded_job(queue: JobQueue, job_id: int, timeout: float = 20.0) -> Job:
+    """The job once the bot has stored its status message's id. The bot stores it right after the
+    platform answers the send, so a test that already sees the message on the fake server can be a
+    moment early, longer on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while (job := await queue.get_job(job_id)).status_message_id is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return job
 
 
 @pytest.fixture

@@ -28,6 +28,8 @@ from storage.queue import JobQueue, WorkerId
 from storage.redact import forget_secret
 from tests.fakes.discord_api import FakeDiscord
 
+from .conftest import recorded_job
+
 TOKEN = "MTIzNDU2Nzg5.fake-discord.token-for-tests"
 OWNER, STRANGER = 1001, 2002
 
@@ -177,7 +179,7 @@ async def test_story_happy_path(fake, queue, data_dir, bot_config, tmp_path):
         await fake.wait_for(lambda: status_message(fake, 1) is not None)
         status = status_message(fake, 1)
         assert custom_ids(status) == ["svibot:cancel:1", "svibot:reroll:1"]
-        job = await queue.get_job(1)
+        job = await recorded_job(queue, 1)
         assert job.status_message_id == str(status.id)
         assert job.meta["filesize_limit"] == fake.upload_limit and job.user_id == str(OWNER)
 

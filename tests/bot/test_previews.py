@@ -17,7 +17,7 @@ from engine.models.config import EngineConfig
 from engine.worker import Worker, WorkerConfig
 from tests.fakes.scripted_worker import ScriptedWorker, preview_colour, preview_jpeg
 
-from .conftest import png_bytes
+from .conftest import png_bytes, recorded_job
 from .test_discord import bot_config, fake, photo_bytes, reply_of, running_bot, send_story, status_message  # noqa: F401
 
 CHAT = USER = 1001
@@ -41,7 +41,7 @@ async def _story_with_previews(fake, start_bot, queue, data_dir, *, previews: bo
     await start_bot()
     fake.user_message(CHAT, USER, caption="/story a | b | c", photo=png_bytes())
     reply = (await fake.wait_for(lambda: fake.sent_to(CHAT, "sendMessage"), what="the queued reply"))[0]
-    await asyncio.sleep(0.2)  # the handler records the status message right after the reply
+    await recorded_job(queue, 1)  # edits go to the status message, once the bot has stored its id
     worker = ScriptedWorker(queue, data_dir, num_steps=6, step_delay_s=0.06, previews=previews)
     await worker.run_job()
     await fake.wait_for(lambda: "done" in (fake.current_text(CHAT, reply.message_id) or ""), what="done status")

@@ -6,7 +6,7 @@ import asyncio
 from bot.config import BotConfig
 from storage import JobQueue, QueueConfig
 
-from .conftest import png_bytes
+from .conftest import png_bytes, recorded_job
 from .test_discord import bot_config, fake, photo_bytes, reply_of, running_bot, send_story  # noqa: F401
 
 CHAT = USER = 1001
@@ -91,8 +91,7 @@ async def test_a_reroll_repeats_the_job_not_the_current_defaults(fake_telegram, 
     job = await _story_job(fake, queue, 1)
     assert set(job.settings) == {"seed"}  # nothing changed: the job is as before /settings existed
     await queue.set_user_setting("telegram", str(USER), "quality", "quality")
-    await asyncio.sleep(0.2)  # the handler records the status message right after the reply
-    job = await queue.get_job(1)
+    job = await recorded_job(queue, 1)
     fake.press_button(CHAT, USER, int(job.status_message_id), "reroll:1")
     await fake.wait_for(lambda: len([s for s in fake.sent_to(CHAT, "sendMessage") if s.text.startswith("Queued")]) == 2,
                         what="the re-roll")

@@ -8,7 +8,7 @@ from pathlib import Path
 from bot.config import BotConfig
 from tests.fakes.scripted_worker import count_frames
 
-from .conftest import png_bytes
+from .conftest import png_bytes, recorded_job
 
 CHAT = USER = 1001
 
@@ -45,8 +45,7 @@ async def test_happy_path_captioned_photo_gets_every_segment_and_the_story(
     assert "No GPU worker is online" in reply.text  # nothing called worker_seen yet
     buttons = [b["callback_data"] for row in reply.params["reply_markup"]["inline_keyboard"] for b in row]
     assert buttons == ["cancel:1", "reroll:1"]
-    await asyncio.sleep(0.2)  # the handler records the status message right after the reply
-    job = await queue.get_job(1)
+    job = await recorded_job(queue, 1)
     assert job.prompts == ["a", "b", "c"] and isinstance(job.settings["seed"], int)
     assert job.status_message_id == str(reply.message_id)
 
@@ -175,7 +174,7 @@ async def test_flood_on_the_queued_reply_still_gives_one_reply(fake_telegram, st
     await asyncio.sleep(0.3)
     assert ("sendMessage", 429) in fake.rejected
     assert [t for t in fake.texts_to(CHAT)] == [reply.text]
-    assert (await queue.get_job(1)).status_message_id == str(reply.message_id)
+    assert (await recorded_job(queue, 1)).status_message_id == str(reply.message_id)
 
 
 async def test_failed_job_is_reported_in_the_chat_and_the_status(fake_telegram, start_bot, queue, worker):

@@ -265,13 +265,18 @@ async def test_workers_listing_shows_what_each_is_doing(make_queue, clock, limit
     assert [(w.online, w.preset) for w in await q.workers()] == [(False, "q4_k_m"), (True, "tiny")]
 
 
-async def test_watchers_wake_on_new_work_and_news(make_queue, limits):
+async def test_watchers_wake_on_new_work_and_news(make_queue, limits, backend):
     q = await make_queue()
     work, news = q.watch("jobs"), q.watch("events")
     assert await work.wait(0.05) is False  # nothing yet: the poll timeout runs out
     await q.enqueue(new_job(), limits)
     assert await work.wait(5) is True  # kept until someone waits: no lost wake-up
-    assert await work.wait(0.05) is False
+    # A wait clears what it consumed. On PostgreSQL the commit's NOTIFY comes back through the LISTEN
+    # connection as well, at most once and at a time that depends on the machine's load: one more
+    # wake-up may be pending, never two.
+    if await work.wait(0.05):
+        assert backend == "postgresql", "the wake-up was not cleared by the wait that consumed it"
+        assert await work.wait(0.05) is False
     await q.enqueue(new_job(), limits)
     assert await news.wait(0.05) is False  # queueing alone sends no message
     await q.claim(_worker(0))  # the job behind it moves up: news for the bots
