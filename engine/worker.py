@@ -18,7 +18,7 @@ import torch
 
 from storage import DataDir, DiskFull, InputError, Job, JobQueue, LeaseLost, WorkerId, WorkerInfo
 from storage.errors import BadSetting
-from storage.files import atomic_write_bytes
+from storage.files import atomic_write_bytes, remove_partials
 
 from .config import DEFAULT_RECIPE, RECIPES, GenerationSettings, Recipe
 from .models.config import EngineConfig
@@ -207,6 +207,12 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat_loop(job, state))
         try:
             preset_name, settings = resolve_settings(job.settings, self.config.engine, self.config.recipes)
+            # A worker killed mid-write (kill -9, power loss) left temp files beside the job's files;
+            # only the lease holder writes here, so they are safe to remove before resuming.
+            swept = await asyncio.to_thread(remove_partials, self.config.data_dir.job_dir(job.id))
+            if swept:
+                log.info("job #%s: removed %d half-written file(s) a stopped worker left: %s",
+                         job.id, len(swept), ", ".join(p.name for p in swept))
             start, carry = await self._resume_point(job)
             state["segment"] = state["start"] = start
             if start < n:

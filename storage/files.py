@@ -63,6 +63,30 @@ def atomic_path(final: Path) -> Iterator[Path]:
         raise
 
 
+def is_partial(path: Path) -> bool:
+    """True for the temp file of an atomic write (`.NAME.XXXX.part.EXT`, or a helper file named
+    after one): what a process killed in the middle of a write leaves behind."""
+    name = Path(path).name
+    return name.startswith(".") and ".part" in name
+
+
+def remove_partials(folder: Path) -> list[Path]:
+    """Delete the temp files that a killed process left in `folder` (not below it); returns them.
+
+    Call it only where no other process can be writing: a job's folder is written by the worker
+    holding its lease alone, so the next holder may sweep it before it resumes the job."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except FileNotFoundError:
+        return removed
+    for path in entries:
+        if path.is_file() and is_partial(path):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def atomic_write_bytes(final: Path, data: bytes) -> Path:
     with atomic_path(final) as tmp:
         with open(tmp, "wb") as f:
