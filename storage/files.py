@@ -18,17 +18,20 @@ from .errors import DiskFull
 LOW_SPACE = 16 * 2**20
 ENOSPC_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 SQLITE_FULL = 13  # SQLite's result code; the sqlite3 module names it only from Python 3.11
+# How libraries that do not raise OSError report ENOSPC/EDQUOT: Rust's std::io::Error (safetensors'
+# SafetensorError: "I/O error: No space left on device (os error 28)") and C's strerror text.
+FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "(os error 28)", "(os error 122)")
 
 
 def is_disk_full(err: BaseException) -> bool:
-    """ENOSPC/EDQUOT, or SQLite's SQLITE_FULL ("database or disk is full")."""
+    """ENOSPC/EDQUOT (also as a wrapped library error's text), or SQLite's SQLITE_FULL."""
     if isinstance(err, DiskFull):
         return True
     if isinstance(err, OSError) and err.errno in ENOSPC_ERRNOS:
         return True
     if isinstance(err, sqlite3.Error):
         return getattr(err, "sqlite_errorcode", None) == SQLITE_FULL or "disk is full" in str(err)
-    return False
+    return any(text in str(err) for text in FULL_TEXTS)
 
 
 @contextmanager

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from svibot.cli import main
-from tests.support.faults import DiskFault, half_written, integrity, job_rows, segment_rows
+from tests.support.faults import DiskFault, TextCacheFull, half_written, integrity, job_rows, segment_rows
 
 from .conftest import final_frames, story_argv, worker_once_argv
 
@@ -22,6 +22,7 @@ MATRIX = [
     ("enqueue commit", DiskFault("commit", "photo_sha256, prompts"), 1, None),
     ("claim commit", DiskFault("commit", "state = 'running'"), 1, 0),
     ("progress commit", DiskFault("commit", "'progress'"), 1, 0),
+    ("prompt-embedding cache", TextCacheFull(), 1, 0),
     ("segment 1 mp4", DiskFault("file", "segment_000.mp4"), 1, 0),
     ("segment 2 carry", DiskFault("file", "carry_001.pt"), 1, 1),
     ("segment 2 commit", DiskFault("commit", "INSERT INTO segments"), 1, 0),
