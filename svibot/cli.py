@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from storage import JobQueue, SvibotError
-from storage.errors import DiskFull, InputError
+from storage.errors import DatabaseFull, DiskFull, InputError
 from storage.redact import redact
 
 from . import logs
@@ -380,8 +380,10 @@ AFTER_FREEING = {"download": "`svibot download` fetches the files still missing"
 
 
 def disk_full_line(err: DiskFull, cfg: AppConfig | None, command: str | None = None) -> str:
-    where = cfg.data_dir.root if cfg is not None else Path(str(err.path)).parent
     then = AFTER_FREEING.get(command or "", "`svibot worker --once` finishes the work")
+    if isinstance(err, DatabaseFull):  # the server's disk, not this machine's
+        return f"{err}; nothing was lost: after freeing space on the database server {then}"
+    where = cfg.data_dir.root if cfg is not None else Path(str(err.path)).parent
     return (f"the data dir {where} is out of disk space ({err.free / 2**20:.1f} MiB free; free at least "
             f"{err.needed / 2**20:.0f} MiB), writing {err.path}; nothing was lost: after freeing space {then}")
 
