@@ -90,6 +90,21 @@ def remove_partials(folder: Path) -> list[Path]:
     return removed
 
 
+def remove_unrecorded(folder: Path, kept: set[str]) -> list[Path]:
+    """Delete the files in a job's `folder` whose names are not in `kept` (the files its rows name),
+    temp files included; returns them. The same rule as `remove_partials`: only the lease holder."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except FileNotFoundError:
+        return removed
+    for path in entries:
+        if path.is_file() and path.name not in kept:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def atomic_write_bytes(final: Path, data: bytes) -> Path:
     with atomic_path(final) as tmp:
         with open(tmp, "wb") as f:
