@@ -80,6 +80,24 @@ def segment_rows(db: Path, job_id: int) -> list[tuple]:
                             (job_id,)).fetchall()
 
 
+class Both:
+    """Two faults at once, e.g. a file write and then the pause that reports it (on a really full
+    disk the pause's commit does not fit either). Reads as the first one in the matrix."""
+
+    def __init__(self, first: DiskFault, then: DiskFault) -> None:
+        self.first, self.then = first, then
+        self.kind, self.target = first.kind, first.target
+
+    def install(self, monkeypatch) -> "Both":
+        self.first.install(monkeypatch)
+        self.then.install(monkeypatch)
+        return self
+
+    @property
+    def fired(self) -> bool:
+        return self.first.fired and self.then.fired
+
+
 # What safetensors (Rust) raises when the kernel answers ENOSPC: measured on a full tmpfs
 # (tests/faults/test_tmpfs.py checks the real one).
 SAFETENSORS_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
