@@ -8,11 +8,13 @@ the one upload that was in flight when the bot died (deliveries are at least onc
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +43,6 @@ def segment_events(db: Path, job_id: int = 1) -> list[int]:
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT payload FROM events WHERE job_id = ? AND kind = 'segment' ORDER BY id",
                             (job_id,)).fetchall()
-    import json
     return [json.loads(p)["index"] for (p,) in rows]
 
 
@@ -50,14 +51,64 @@ def event_kinds(db: Path, job_id: int = 1) -> list[str]:
         return [k for (k,) in conn.execute("SELECT kind FROM events WHERE job_id = ? ORDER BY id", (job_id,))]
 
 
+CHAT = 4242
+
+
+@dataclass
+class Child:
+    data: Path
+    mark: Path
+    returncode: int
+    stderr: str
+
+
+def enqueue_telegram_story(data: Path) -> None:
+    """The reference story's photo, prompts and settings, queued from a Telegram chat."""
+    dd = DataDir(data)
+
+    async def enqueue() -> None:
+        async with await JobQueue.open(QueueConfig(db_path=dd.db_path), dd.photos) as queue:
+            await queue.enqueue(NewJob(
+                platform="telegram", chat_id=str(CHAT), user_id=str(CHAT), photo=PHOTO.read_bytes(),
+                prompts=["walk", "run"], settings={"seed": 3, "preset": "tiny", "num_inference_steps": 1}), Limits())
+
+    asyncio.run(enqueue())
+
+
+@pytest.fixture(scope="module")
+def children(tmp_path_factory) -> dict[str, Child]:
+    """One `svibot story` child per crash point, and a `svibot worker --once` child that makes the
+    Telegram story for the delivery case, all started at once: their start-up (imports, building the
+    tiny models) runs on one thread each, so two cores overlap them."""
+    root = tmp_path_factory.mktemp("kill9")
+    started = {}
+    for name in [*WORKER_POINTS, "telegram"]:
+        folder = root / name
+        folder.mkdir()
+        data, mark = folder / "data", folder / "mark"
+        if name == "telegram":
+            enqueue_telegram_story(data)
+            argv, env = worker_once_argv(data), child_env(None, None)
+        else:
+            argv, env = story_argv(data), child_env(name, mark)
+        with open(folder / "stderr", "w") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "svibot.cli", *argv], cwd=REPO, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=err)
+        started[name] = (folder, proc)
+    done = {}
+    for name, (folder, proc) in started.items():
+        done[name] = Child(folder / "data", folder / "mark", proc.wait(timeout=600),
+                           (folder / "stderr").read_text(errors="replace"))
+    return done
+
+
 @pytest.mark.parametrize("point", list(WORKER_POINTS))
-def test_kill_9_at_a_step_boundary_resumes_to_the_same_story(point, tmp_path, capsys, reference):
-    data, mark = tmp_path / "data", tmp_path / "mark"
+def test_kill_9_at_a_step_boundary_resumes_to_the_same_story(point, children, capsys, reference):
+    child = children[point]
+    data = child.data
     rows_left, temp_left = WORKER_POINTS[point]
-    child = subprocess.run([sys.executable, "-m", "svibot.cli", *story_argv(data)], cwd=REPO,
-                           env=child_env(point, mark), capture_output=True, text=True, timeout=300)
     assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
-    assert mark.read_text() == point  # it died at this boundary, not anywhere else
+    assert child.mark.read_text() == point  # it died at this boundary, not anywhere else
 
     db = DataDir(data).db_path
     assert integrity(db) == "ok"
@@ -87,27 +138,6 @@ def test_kill_9_at_a_step_boundary_resumes_to_the_same_story(point, tmp_path, ca
     np.testing.assert_array_equal(final_frames(data), reference)
 
 
-CHAT = 4242
-
-
-@pytest.fixture
-def telegram_story(tmp_path) -> Path:
-    """A data dir holding one finished Telegram story (the reference story's photo, prompts and
-    settings), none of its events delivered yet."""
-    data = tmp_path / "data"
-    dd = DataDir(data)
-
-    async def enqueue() -> None:
-        async with await JobQueue.open(QueueConfig(db_path=dd.db_path), dd.photos) as queue:
-            await queue.enqueue(NewJob(
-                platform="telegram", chat_id=str(CHAT), user_id=str(CHAT), photo=PHOTO.read_bytes(),
-                prompts=["walk", "run"], settings={"seed": 3, "preset": "tiny", "num_inference_steps": 1}), Limits())
-
-    asyncio.run(enqueue())
-    assert main(worker_once_argv(data)) == 0
-    return data
-
-
 def pending(db: Path) -> list[tuple[str, str]]:
     with sqlite3.connect(db) as conn:
         return conn.execute("SELECT kind, payload FROM events WHERE platform = 'telegram' AND delivered_at IS NULL "
@@ -122,8 +152,10 @@ async def serve(fake: FakeTelegram, data: Path, point: str | None, mark: Path) -
         cwd=REPO, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
 
 
-async def test_kill_9_between_upload_and_mark_resends_only_that_video(telegram_story, tmp_path, reference):
-    data, mark = telegram_story, tmp_path / "mark"
+async def test_kill_9_between_upload_and_mark_resends_only_that_video(children, tmp_path, reference):
+    made = children["telegram"]
+    assert made.returncode == 0, made.stderr[-3000:]
+    data, mark = made.data, tmp_path / "mark"
     db = DataDir(data).db_path
     async with FakeTelegram() as fake:
         bot = await serve(fake, data, "delivery", mark)
