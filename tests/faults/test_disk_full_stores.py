@@ -153,8 +153,10 @@ def test_full_disk_during_a_model_download_ends_with_one_line_and_resumes(tmp_pa
         assert len(full) == 1 and full[0].startswith(f"svibot: the data dir {data} is out of disk space (")
         assert full[0].endswith(f"writing {data / 'models' / 'LowNoise' / 'low.gguf'}; nothing was lost: after "
                                 "freeing space `svibot download` fetches the files still missing")
-        cached = [p for p in (data / "models").rglob("*") if p.is_file()]
-        assert not [p for p in cached if "low" in p.name or p.name.endswith(".incomplete")]  # no half file
+        cached = [p for p in (data / "models").rglob("*") if p.is_file() or p.is_symlink()]
+        assert not [p for p in cached if "low" in p.name]  # nothing at the final name
+        # the hub removes its temp file (huggingface_hub 2.x); older ones keep it in blobs/ to resume from
+        assert all(p.parent.name == "blobs" for p in cached if p.name.endswith(".incomplete"))
         fetched = len(hub.downloads)
         assert main(argv) == 0  # space is back
         capsys.readouterr()

@@ -132,6 +132,8 @@ def test_download_to_a_full_tmpfs_raises_disk_full_and_keeps_whole_files_only(tm
     assert case["raised"] == "DiskFull", case.get("traceback")
     assert case["message"].startswith(f"disk full while writing {tmpfs / 'mnt' / 'download' / 'LowNoise' / 'low.gguf'}")
     assert case["cause"] == f"OSError({errno.ENOSPC}, 'No space left on device')"
-    assert not [p for p in case["left"] if "low" in p or p.endswith(".incomplete")]
+    assert not [p for p in case["left"] if "low" in p]  # nothing at the final name
+    # the hub removes its temp file (huggingface_hub 2.x); older ones keep it in blobs/ to resume from
+    assert all(Path(p).parent.name == "blobs" for p in case["left"] if p.endswith(".incomplete"))
     assert any(p.endswith("snapshots/0123456789abcdef0123456789abcdef01234567/HighNoise/high.gguf")
                for p in case["left"])  # the file that fitted is kept whole
