@@ -26,7 +26,7 @@ from storage import DataDir, JobQueue, Limits, NewJob, QueueConfig
 from svibot.cli import main
 from tests.fakes.telegram_api import FakeTelegram
 from tests.support.crash import child_env
-from tests.support.faults import half_written, integrity, job_rows, segment_rows
+from tests.support.faults import DiskFault, half_written, integrity, job_rows, segment_rows
 
 from .conftest import PHOTO, REPO, final_frames, story_argv, worker_once_argv
 
@@ -34,7 +34,7 @@ from .conftest import PHOTO, REPO, final_frames, story_argv, worker_once_argv
 WORKER_POINTS = {
     "segment-files": (1, False),  # segment 2's files are whole on disk but not recorded: made again
     "segment-row": (1, False),  # the uncommitted row is rolled back with its transaction
-    "segment-committed": (2, False),  # both rows kept; the restart only stitches
+    # (a kill after the commit, while the next segment runs: tests/engine/test_worker.py)
     "stitch": (2, True),  # the stitched temp file is whole but never renamed; the restart sweeps it
 }
 
@@ -77,28 +77,34 @@ def enqueue_telegram_story(data: Path) -> None:
 
 @pytest.fixture(scope="module")
 def children(tmp_path_factory) -> dict[str, Child]:
-    """One `svibot story` child per crash point, and a `svibot worker --once` child that makes the
-    Telegram story for the delivery case, all started at once: their start-up (imports, building the
-    tiny models) runs on one thread each, so two cores overlap them."""
+    """A child process per crash point, started together: their start-up (imports, building the tiny
+    models) runs on one thread each, so two cores overlap them. The stitch child is a
+    `svibot worker --once` on a job already paused with both segments recorded (made here, on this
+    process's warm models), so it loads no models; the Telegram story for the delivery case is made
+    here too, while the children run."""
     root = tmp_path_factory.mktemp("kill9")
-    started = {}
-    for name in [*WORKER_POINTS, "telegram"]:
-        folder = root / name
-        folder.mkdir()
-        data, mark = folder / "data", folder / "mark"
-        if name == "telegram":
-            enqueue_telegram_story(data)
-            argv, env = worker_once_argv(data), child_env(None, None)
-        else:
-            argv, env = story_argv(data), child_env(name, mark)
-        with open(folder / "stderr", "w") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "svibot.cli", *argv], cwd=REPO, env=env,
-                                    stdout=subprocess.DEVNULL, stderr=err)
-        started[name] = (folder, proc)
-    done = {}
-    for name, (folder, proc) in started.items():
-        done[name] = Child(folder / "data", folder / "mark", proc.wait(timeout=600),
-                           (folder / "stderr").read_text(errors="replace"))
+    procs = {}
+
+    def start(point: str, argv: list[str]) -> None:
+        with open(root / point / "stderr", "w") as err:
+            procs[point] = subprocess.Popen([sys.executable, "-m", "svibot.cli", *argv], cwd=REPO,
+                                            env=child_env(point, root / point / "mark"),
+                                            stdout=subprocess.DEVNULL, stderr=err)
+
+    for point in [*WORKER_POINTS, "telegram"]:
+        (root / point).mkdir()
+    for point in ("segment-files", "segment-row"):
+        start(point, story_argv(root / point / "data"))
+    with pytest.MonkeyPatch.context() as m:
+        DiskFault("file", "story.mp4").install(m)
+        assert main(story_argv(root / "stitch" / "data")) == 1
+    start("stitch", worker_once_argv(root / "stitch" / "data"))
+    enqueue_telegram_story(root / "telegram" / "data")
+    assert main(worker_once_argv(root / "telegram" / "data")) == 0
+    done = {"telegram": Child(root / "telegram" / "data", root / "telegram" / "mark", 0, "")}
+    for point, proc in procs.items():
+        done[point] = Child(root / point / "data", root / point / "mark", proc.wait(timeout=600),
+                            (root / point / "stderr").read_text(errors="replace"))
     return done
 
 

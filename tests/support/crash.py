@@ -10,7 +10,6 @@ Points (segment points are at the story's last segment, index 1, so a resume sta
   segment-files      segment 2's mp4 and carry latent are in place; the row is not written yet
   segment-row        inside the transaction recording segment 2: its row is inserted, its
                      "segment" event not yet, nothing committed
-  segment-committed  the row and its event are committed; the worker has not gone on
   stitch             the stitched story is whole in its temp file, not yet renamed to story.mp4
   delivery           Telegram accepted segment 2's video; the outbox has not marked it delivered
 """
@@ -24,7 +23,7 @@ from pathlib import Path
 HOOKS = Path(__file__).resolve().parent / "crashpoints"
 REPO = Path(__file__).resolve().parents[2]
 SEGMENT = 1  # the story's last segment
-POINTS = ("segment-files", "segment-row", "segment-committed", "stitch", "delivery")
+POINTS = ("segment-files", "segment-row", "stitch", "delivery")
 
 
 def child_env(point: str | None, mark: Path | None, base: dict | None = None) -> dict:
@@ -62,23 +61,17 @@ def arm(point: str, mark: str | None) -> None:
             return written
 
         Worker._write_segment = write_segment
-    elif point in ("segment-row", "segment-committed"):
+    elif point == "segment-row":
         from storage.leases import LeaseVerbs
 
-        emit, record = LeaseVerbs._emit, LeaseVerbs.record_segment
+        emit = LeaseVerbs._emit
 
         async def emit_event(self, s, job, kind, payload):
-            if point == "segment-row" and kind == "segment" and payload["index"] == SEGMENT:
+            if kind == "segment" and payload["index"] == SEGMENT:
                 die()  # the INSERT INTO segments ran in this transaction; the event's INSERT would be next
             return await emit(self, s, job, kind, payload)
 
-        async def record_segment(self, job_id, worker, **kw):
-            seg = await record(self, job_id, worker, **kw)
-            if point == "segment-committed" and kw["index"] == SEGMENT:
-                die()
-            return seg
-
-        LeaseVerbs._emit, LeaseVerbs.record_segment = emit_event, record_segment
+        LeaseVerbs._emit = emit_event
     elif point == "stitch":
         replace = os.replace
 
