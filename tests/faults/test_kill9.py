@@ -188,6 +188,7 @@ async def test_kill_9_between_upload_and_mark_resends_only_that_video(children, 
     assert captions[:3] == ["Segment 1/2: walk", "Segment 2/2: run", "Segment 2/2: run"], captions
     assert len(captions) == 4 and captions[3].startswith("Your story (2 segments")
     assert videos[1].data == videos[2].data
+    assert len(fake.sent_to(CHAT, "sendMessage")) == 1  # one status message, edited, never posted again
     story = tmp_path / "delivered.mp4"
     story.write_bytes(videos[3].data)
     np.testing.assert_array_equal(read_frames(story), reference)
