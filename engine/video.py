@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -50,14 +49,19 @@ def stitch(paths: list[Path], out: Path) -> Path:
     if not paths:
         raise ValueError("stitch needs at least one segment video")
     out = Path(out)
-    with tempfile.TemporaryDirectory() as tmpdir, atomic_path(out) as tmp:
-        listing = Path(tmpdir) / "segments.txt"
+    with atomic_path(out) as tmp:
+        # The list sits beside the temp output and is named after it, so a process killed mid-stitch
+        # leaves only files that the next worker's sweep of the job folder removes.
+        listing = tmp.with_name(tmp.name + ".txt")
         # The concat demuxer reads single-quoted paths; a quote inside is written as '\''.
         lines = ["file '" + str(Path(p).resolve()).replace("'", "'\\''") + "'" for p in paths]
-        listing.write_text("\n".join(lines) + "\n")
-        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "concat", "-safe", "0",
-               "-i", str(listing), "-c", "copy", "-movflags", "+faststart", str(tmp)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            listing.write_text("\n".join(lines) + "\n")
+            cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "concat", "-safe", "0",
+                   "-i", str(listing), "-c", "copy", "-movflags", "+faststart", str(tmp)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+        finally:
+            listing.unlink(missing_ok=True)
         if done.returncode != 0:
             raise RuntimeError(f"ffmpeg concat of {len(paths)} segments failed: {done.stderr.strip()}")
     return out

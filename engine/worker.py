@@ -12,13 +12,14 @@ import time
 from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from storage import DataDir, DiskFull, InputError, Job, JobQueue, LeaseLost, WorkerId, WorkerInfo
 from storage.errors import BadSetting
-from storage.files import atomic_write_bytes
+from storage.files import atomic_write_bytes, remove_partials, remove_unrecorded
 
 from .config import DEFAULT_RECIPE, RECIPES, GenerationSettings, Recipe
 from .models.config import EngineConfig
@@ -207,6 +208,12 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat_loop(job, state))
         try:
             preset_name, settings = resolve_settings(job.settings, self.config.engine, self.config.recipes)
+            # A worker killed mid-write (kill -9, power loss) left temp files beside the job's files;
+            # only the lease holder writes here, so they are safe to remove before resuming.
+            swept = await asyncio.to_thread(remove_partials, self.config.data_dir.job_dir(job.id))
+            if swept:
+                log.info("job #%s: removed %d half-written file(s) a stopped worker left: %s",
+                         job.id, len(swept), ", ".join(p.name for p in swept))
             start, carry = await self._resume_point(job)
             state["segment"] = state["start"] = start
             if start < n:
@@ -222,12 +229,7 @@ class Worker:
         except DiskFull as err:
             log.error("job #%s paused: %s", job.id, err)
             await asyncio.to_thread(free_memory)
-            try:
-                await self.queue.pause(job.id, self.me, paused_reason(err))
-            except LeaseLost:
-                pass
-            except DiskFull:  # not even the pause fits; the lease runs out and the job comes back
-                log.error("job #%s: the queue database is full too; the job returns when its lease ends", job.id)
+            await self._pause(job, err)
             raise
         except Cancelled:
             kept = len(await self.queue.segments(job.id))
@@ -249,6 +251,25 @@ class Worker:
                 return await self.queue.get_job(job.id)
         finally:
             heartbeat.cancel()
+
+    async def _pause(self, job: Job, err: DiskFull) -> None:
+        """Give the job back without counting an attempt, telling its chat why. On a really full disk
+        the pause's few KB may not fit either: the files this attempt wrote but never recorded (made
+        again on resume anyway) are removed to make room, and the pause is tried once more."""
+        for last_try in (False, True):
+            try:
+                await self.queue.pause(job.id, self.me, paused_reason(err))
+                return
+            except LeaseLost:
+                return
+            except DiskFull:
+                if last_try:  # the lease runs out and the job comes back, counting an attempt
+                    log.error("job #%s: the queue database is full too; the job returns when its lease ends", job.id)
+                    return
+            refs = [job.photo_path, *(r for s in await self.queue.segments(job.id) for r in (s.video_path, s.carry_path))]
+            kept = {Path(ref).name for ref in refs if ref}
+            freed = await asyncio.to_thread(remove_unrecorded, self.config.data_dir.job_dir(job.id), kept)
+            log.info("job #%s: removed %d unrecorded file(s) to make room for the pause", job.id, len(freed))
 
     def _write_segment(self, job: Job, seg: SegmentResult, settings: GenerationSettings):
         """Files first, each atomic (a full disk leaves no half file); the caller records them after."""

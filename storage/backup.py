@@ -14,7 +14,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
-from .errors import CorruptDatabase
+from .errors import CorruptDatabase, DiskFull
+from .files import is_disk_full
 from .schema import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def snapshot(db_path: Path, dest: Path) -> Path:
     db_path, dest = Path(db_path), Path(dest)
     if not db_path.exists():
         raise FileNotFoundError(f"no queue database at {db_path} to snapshot")
-    with _local_temp(db_path) as staged:
+    with _local_temp(db_path) as staged, _full_disk_names(staged):
         with closing(sqlite3.connect(db_path, timeout=30.0)) as src, closing(sqlite3.connect(staged)) as dst:
             src.backup(dst)  # one step (pages=-1): a single read transaction, never restarted
             jobs = _job_count(dst)
@@ -116,14 +117,28 @@ def snapshot(db_path: Path, dest: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.part")
         try:
-            shutil.copyfile(staged, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
+            with _full_disk_names(dest, staged.stat().st_size):
+                shutil.copyfile(staged, tmp)
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, dest)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
     return dest
+
+
+@contextmanager
+def _full_disk_names(path: Path, needed: int | None = None) -> Iterator[None]:
+    """A full disk while writing `path` (ENOSPC, or SQLite's "database or disk is full") becomes
+    `DiskFull` naming it and the bytes to free (the data dir's margin unless `needed` says);
+    other errors pass unchanged."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as err:
+        if is_disk_full(err) and not isinstance(err, DiskFull):
+            raise DiskFull(path, needed=needed) from err
+        raise
 
 
 def restore(dest: Path, db_path: Path) -> bool:
@@ -139,7 +154,9 @@ def restore(dest: Path, db_path: Path) -> bool:
     if local_has_data(db_path):
         log.info("queue %s already has jobs; not restoring %s", db_path, dest)
         return False
-    with _local_temp(db_path) as staged:
+    # A full local disk raises DiskFull; SQLite rolls the half-copied pages back, so the local queue
+    # stays empty and the next start restores again.
+    with _local_temp(db_path) as staged, _full_disk_names(db_path):
         shutil.copyfile(dest, staged)  # read the mount once, then work on local disk only
         jobs = check_snapshot(staged)
         with closing(sqlite3.connect(staged)) as src, closing(sqlite3.connect(db_path, timeout=30.0)) as dst:
@@ -184,6 +201,9 @@ async def snapshot_loop(db_path: Path, dest: Path, interval_s: float, stop: asyn
                 await asyncio.to_thread(snapshot, db_path, dest)
                 last = now
                 log.debug("queue snapshot written to %s", dest)
+            except DiskFull as err:  # one line, no traceback: which disk, how full, what is kept
+                log.warning("queue snapshot to %s failed, out of disk space: %s; the previous snapshot is "
+                            "kept%s", dest, err, "" if stopping else f"; next try in {interval_s:.0f} s")
             except (OSError, sqlite3.Error, ValueError, CorruptDatabase) as err:
                 log.warning("queue snapshot to %s failed: %s", dest, err)
         if stopping:

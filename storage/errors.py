@@ -63,12 +63,25 @@ class DiskFull(SvibotError, OSError):
     `free` is the space left when the write failed, `needed` the space to free before retrying
     (both in bytes; see `storage.disk.free_space_needed`)."""
 
-    def __init__(self, path: object, *, free: int | None = None, needed: int | None = None) -> None:
+    def __init__(self, path: object, *, free: int | None = None, needed: int | None = None,
+                 message: str | None = None) -> None:
         self.path = path
         self.free = free_bytes(path) if free is None else free
         self.needed = free_space_needed() if needed is None else needed
-        super().__init__(f"disk full while writing {path}: {_mb(self.free)} free, "
-                         f"at least {_mb(self.needed)} needed")
+        super().__init__(message or f"disk full while writing {path}: {_mb(self.free)} free, "
+                                    f"at least {_mb(self.needed)} needed")
+
+
+class DatabaseFull(DiskFull):
+    """The database server's disk is full (PostgreSQL's SQLSTATE 53100 `disk_full`). The outcome is
+    the same as for a full data dir (the transaction wrote nothing, the job pauses), but the space
+    to free is on the server, whose free space this machine cannot see."""
+
+    def __init__(self, database: str, detail: str) -> None:
+        self.database = database  # the URL without its password
+        self.detail = detail  # the server's own message
+        super().__init__(database, free=0, needed=0,
+                         message=f"the database {database} is out of disk space ({detail})")
 
 
 def _mb(n: int) -> str:

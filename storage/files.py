@@ -18,17 +18,20 @@ from .errors import DiskFull
 LOW_SPACE = 16 * 2**20
 ENOSPC_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 SQLITE_FULL = 13  # SQLite's result code; the sqlite3 module names it only from Python 3.11
+# How libraries that do not raise OSError report ENOSPC/EDQUOT: Rust's std::io::Error (safetensors'
+# SafetensorError: "I/O error: No space left on device (os error 28)") and C's strerror text.
+FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "(os error 28)", "(os error 122)")
 
 
 def is_disk_full(err: BaseException) -> bool:
-    """ENOSPC/EDQUOT, or SQLite's SQLITE_FULL ("database or disk is full")."""
+    """ENOSPC/EDQUOT (also as a wrapped library error's text), or SQLite's SQLITE_FULL."""
     if isinstance(err, DiskFull):
         return True
     if isinstance(err, OSError) and err.errno in ENOSPC_ERRNOS:
         return True
     if isinstance(err, sqlite3.Error):
         return getattr(err, "sqlite_errorcode", None) == SQLITE_FULL or "disk is full" in str(err)
-    return False
+    return any(text in str(err) for text in FULL_TEXTS)
 
 
 @contextmanager
@@ -61,6 +64,45 @@ def atomic_path(final: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def is_partial(path: Path) -> bool:
+    """True for the temp file of an atomic write (`.NAME.XXXX.part.EXT`, or a helper file named
+    after one): what a process killed in the middle of a write leaves behind."""
+    name = Path(path).name
+    return name.startswith(".") and ".part" in name
+
+
+def remove_partials(folder: Path) -> list[Path]:
+    """Delete the temp files that a killed process left in `folder` (not below it); returns them.
+
+    Call it only where no other process can be writing: a job's folder is written by the worker
+    holding its lease alone, so the next holder may sweep it before it resumes the job."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except FileNotFoundError:
+        return removed
+    for path in entries:
+        if path.is_file() and is_partial(path):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def remove_unrecorded(folder: Path, kept: set[str]) -> list[Path]:
+    """Delete the files in a job's `folder` whose names are not in `kept` (the files its rows name),
+    temp files included; returns them. The same rule as `remove_partials`: only the lease holder."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except FileNotFoundError:
+        return removed
+    for path in entries:
+        if path.is_file() and path.name not in kept:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def atomic_write_bytes(final: Path, data: bytes) -> Path:

@@ -19,7 +19,7 @@ import asyncpg
 
 from .db import TOPICS, Database, Session, Signals
 from .dburl import PgTarget, parse_database_url
-from .errors import DiskFull, DatabaseUnavailable
+from .errors import DatabaseFull, DatabaseUnavailable
 from .pg_blobs import PgBlobs
 from .pg_schema import migrate, read_version
 from .redact import REDACTED
@@ -95,7 +95,10 @@ class PgDatabase(Database):
         pool = await _connect(target, lambda **kw: asyncpg.create_pool(min_size=1, max_size=pool_size, **kw))
         try:
             async with pool.acquire() as con:
-                before, _ = await migrate(con, target.safe, allow=migrate_schema)
+                try:
+                    before, _ = await migrate(con, target.safe, allow=migrate_schema)
+                except asyncpg.DiskFullError as err:
+                    raise DatabaseFull(target.safe, _server_says(err)) from err
         except BaseException:
             await pool.close()
             raise
@@ -107,10 +110,16 @@ class PgDatabase(Database):
         return f"json_array_length({column}::json)"
 
     async def fetchone(self, sql: str, *args: Any) -> Any | None:
-        return await self._pool.fetchrow(numbered(sql), *args)
+        try:  # a read can need disk too (a sort or hash spilling to temp files)
+            return await self._pool.fetchrow(numbered(sql), *args)
+        except asyncpg.DiskFullError as err:
+            raise DatabaseFull(self.target.safe, _server_says(err)) from err
 
     async def fetchall(self, sql: str, *args: Any) -> list[Any]:
-        return await self._pool.fetch(numbered(sql), *args)
+        try:
+            return await self._pool.fetch(numbered(sql), *args)
+        except asyncpg.DiskFullError as err:
+            raise DatabaseFull(self.target.safe, _server_says(err)) from err
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[Session]:
@@ -122,7 +131,7 @@ class PgDatabase(Database):
                     for topic in session.topics:  # delivered to every listener when the commit lands
                         await con.execute("SELECT pg_notify($1, '')", CHANNELS[topic])
             except asyncpg.DiskFullError as err:  # the server's disk: same outcome as a full data dir
-                raise DiskFull("the PostgreSQL database", free=0) from err
+                raise DatabaseFull(self.target.safe, _server_says(err)) from err
         self.signals.wake(session.topics)  # this process's watchers need not wait for the round trip
 
     async def serialize(self, s: Session, key: str) -> None:
@@ -192,6 +201,12 @@ async def _connect(target: PgTarget, make: Any) -> Any:
             detail = detail.replace(password, REDACTED)
         raise DatabaseUnavailable(
             f"cannot connect to the database at {target.safe}: {type(err).__name__}: {detail}") from None
+
+
+def _server_says(err: asyncpg.PostgresError) -> str:
+    """The server's message for SQLSTATE 53100, e.g. `could not extend file "base/16384/16402": No
+    space left on device` (PostgreSQL's md.c; elog.c maps ENOSPC to disk_full)."""
+    return f"SQLSTATE {err.sqlstate}: {getattr(err, 'message', None) or str(err).splitlines()[0]}"
 
 
 def _password(url: str) -> str | None:

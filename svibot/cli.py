@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from storage import JobQueue, SvibotError
-from storage.errors import DiskFull, InputError
+from storage.errors import DatabaseFull, DiskFull, InputError
 from storage.redact import redact
 
 from . import logs
@@ -343,7 +343,8 @@ async def cmd_download(cfg: AppConfig, args: argparse.Namespace) -> int:
         return EXIT_OK
     paths = await asyncio.to_thread(download_preset, preset, cfg.data_dir.models,
                                     file_overrides=cfg.engine.file_overrides,
-                                    token=os.environ.get("HF_TOKEN") or None)
+                                    token=os.environ.get("HF_TOKEN") or None,
+                                    endpoint=os.environ.get("HF_ENDPOINT") or None)
     for part, path in paths.items():
         print(f"{part}: {path}")
     return EXIT_OK
@@ -373,11 +374,18 @@ COMMANDS = {"jobs": cmd_jobs, "worker": cmd_worker, "serve": cmd_serve, "downloa
             "story": cmd_story, "workers": cmd_workers, "db": cmd_db, "stats": cmd_stats}
 
 
-def disk_full_line(err: DiskFull, cfg: AppConfig | None) -> str:
+# What to run once space is freed; a story's work is resumed by any worker.
+AFTER_FREEING = {"download": "`svibot download` fetches the files still missing",
+                 "serve": "`svibot serve` starts where it stopped"}
+
+
+def disk_full_line(err: DiskFull, cfg: AppConfig | None, command: str | None = None) -> str:
+    then = AFTER_FREEING.get(command or "", "`svibot worker --once` finishes the work")
+    if isinstance(err, DatabaseFull):  # the server's disk, not this machine's
+        return f"{err}; nothing was lost: after freeing space on the database server {then}"
     where = cfg.data_dir.root if cfg is not None else Path(str(err.path)).parent
     return (f"the data dir {where} is out of disk space ({err.free / 2**20:.1f} MiB free; free at least "
-            f"{err.needed / 2**20:.0f} MiB), writing {err.path}; nothing was lost: after freeing space "
-            "`svibot worker --once` finishes the work")
+            f"{err.needed / 2**20:.0f} MiB), writing {err.path}; nothing was lost: after freeing space {then}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -393,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = build_config(args, os.environ)
         return asyncio.run(COMMANDS[args.command](cfg, args))
     except DiskFull as err:  # the same one line wherever the write was: no traceback
-        sys.stderr.write(f"svibot: {disk_full_line(err, cfg)}\n")
+        sys.stderr.write(f"svibot: {disk_full_line(err, cfg, args.command)}\n")
         return EXIT_FAILED
     except InputError as err:  # one line, no traceback: e.g. "the Telegram token was rejected; ..."
         sys.stderr.write(f"svibot: {redact(err)}\n")  # one write: a logging thread cannot split the line

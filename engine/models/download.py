@@ -47,7 +47,7 @@ def fetch_part(part: str, repo: str, target: str, models_dir: Path, *, token: st
         if not is_disk_full(err):
             hint = "not in the local cache and downloads are off" if local_only else type(err).__name__
             raise ModelFileMissing(repo, target, f"{hint} ({err})") from err
-        from storage.errors import DiskFull  # the part left is resumed by the next download
+        from storage.errors import DiskFull  # the hub removes its temp file; fetched files stay
 
         raise DiskFull(models_dir / target) from err
     except _hub_errors() as err:

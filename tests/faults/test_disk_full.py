@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from svibot.cli import main
-from tests.support.faults import DiskFault, half_written, integrity, job_rows, segment_rows
+from tests.support.faults import Both, DiskFault, TextCacheFull, half_written, integrity, job_rows, segment_rows
 
 from .conftest import final_frames, story_argv, worker_once_argv
 
@@ -22,9 +22,13 @@ MATRIX = [
     ("enqueue commit", DiskFault("commit", "photo_sha256, prompts"), 1, None),
     ("claim commit", DiskFault("commit", "state = 'running'"), 1, 0),
     ("progress commit", DiskFault("commit", "'progress'"), 1, 0),
+    ("prompt-embedding cache", TextCacheFull(), 1, 0),
     ("segment 1 mp4", DiskFault("file", "segment_000.mp4"), 1, 0),
     ("segment 2 carry", DiskFault("file", "carry_001.pt"), 1, 1),
     ("segment 2 commit", DiskFault("commit", "INSERT INTO segments"), 1, 0),
+    # the pause does not fit either: segment 2's unrecorded mp4 is removed and the pause tried again
+    ("segment 2 carry, then the pause", Both(DiskFault("file", "carry_001.pt"),
+                                              DiskFault("commit", '"paused"')), 1, 1),
     ("stitch", DiskFault("file", "story.mp4"), 1, 2),
     ("done commit", DiskFault("commit", "('done', None"), 1, 2),
     ("outbox commit", DiskFault("commit", "SET delivered_at"), 1, None),

@@ -78,3 +78,81 @@ def segment_rows(db: Path, job_id: int) -> list[tuple]:
     with sqlite3.connect(db) as conn:
         return conn.execute("SELECT idx, video_path, carry_path FROM segments WHERE job_id = ? ORDER BY idx",
                             (job_id,)).fetchall()
+
+
+class Both:
+    """Two faults at once, e.g. a file write and then the pause that reports it (on a really full
+    disk the pause's commit does not fit either). Reads as the first one in the matrix."""
+
+    def __init__(self, first: DiskFault, then: DiskFault) -> None:
+        self.first, self.then = first, then
+        self.kind, self.target = first.kind, first.target
+
+    def install(self, monkeypatch) -> "Both":
+        self.first.install(monkeypatch)
+        self.then.install(monkeypatch)
+        return self
+
+    @property
+    def fired(self) -> bool:
+        return self.first.fired and self.then.fired
+
+
+# What safetensors (Rust) raises when the kernel answers ENOSPC: measured on a full tmpfs
+# (tests/faults/test_tmpfs.py checks the real one).
+SAFETENSORS_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
+
+
+@dataclass
+class TextCacheFull(DiskFault):
+    """Turns on the prompt-embedding cache (only real presets have one) and fails its first write the
+    way a full disk does: half the file reaches the temp name, then safetensors raises."""
+
+    kind: str = "safetensors"
+    target: str = "*.safetensors"
+
+    def install(self, monkeypatch) -> "TextCacheFull":
+        import safetensors.torch as st
+        from safetensors import SafetensorError
+
+        import engine.worker as worker_mod
+        from engine.models.text_cache import TextCache
+
+        load, save = worker_mod.load_models, st.save_file
+
+        def load_models(config):
+            models = load(config)
+            monkeypatch.setattr(models, "text_cache", TextCache(Path(config.cache_dir) / "text", "tiny@test"))
+            return models
+
+        def save_file(tensors, filename, metadata=None):
+            if self.fired:
+                return save(tensors, filename, metadata)
+            self.fired = True
+            data = st.save(tensors, metadata)
+            Path(filename).write_bytes(data[: len(data) // 2])
+            raise SafetensorError(SAFETENSORS_FULL)
+
+        monkeypatch.setattr(worker_mod, "load_models", load_models)
+        monkeypatch.setattr(st, "save_file", save_file)
+        return self
+
+
+class FullFile:
+    """A binary file that takes `room` more bytes, then fails like the kernel on a full disk: the
+    write that crosses the limit stores what fits and raises ENOSPC."""
+
+    def __init__(self, f, room: int) -> None:
+        self._f, self.room = f, room
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        if len(data) > self.room:
+            self._f.write(data[: self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
