@@ -25,7 +25,7 @@ from .discord_i18n import CatalogueTranslator, language
 from .discord_settings import SettingButton, settings as settings_command
 from .discord_delivery import DEFAULT_UPLOAD_LIMIT, PLATFORM, DiscordDeliverer
 from .discord_views import CancelButton, ForgetButton, RerollButton, StoryModal, forget_view
-from .i18n import _, job_meta, render
+from .i18n import N_, _, job_meta, render
 from .outbox import STATUS_REPLY_META, Outbox, OutboxConfig
 from .texts import DISCORD_CONTENT_CHARS, fit
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 NO_IMAGE = _("Attach a photo to the command: /story prompts:walk | run | fly image:<your photo>")
 NO_IMAGE_IN_MESSAGE = _("That message has no image attached; use this on a message with a photo.")
-CONTEXT_MENU_NAME = "Make a story from this image"  # at most 32 characters, in every language
+CONTEXT_MENU_NAME = N_("Make a story from this image")  # at most 32 characters, in every language
 HOW_TO = [_("Example: /story prompts: a cat walks | the cat runs | the cat flies  image: <your photo>"),
           _('Or right-click a message with a photo: Apps > "{menu}".', menu=_(CONTEXT_MENU_NAME)),
           _("Buttons under the status message cancel the job or re-roll it with a new seed."),

@@ -25,8 +25,6 @@ SOURCE_LANGUAGE = "en"  # the language of the msgids; it needs no catalogue
 META_KEY = "lang"  # where a job keeps its requester's language for the outbox
 MAX_TAG_CHARS = 35  # a BCP 47 tag is rarely longer; anything longer is not one we can use
 _TAG = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")
-# The decimal separator is a catalogue entry too, so adding a language needs no code.
-DECIMAL_CONTEXT = "decimal separator"
 
 
 def normalize(tag: object) -> str | None:
@@ -141,7 +139,9 @@ class Text:
         values = {k: render(v, lang) if isinstance(v, (Text, Lines)) else v for k, v in self.params.items()}
         if self.plural is not None:
             values.setdefault("n", self.n)
-        return _Formatter(t.pgettext(DECIMAL_CONTEXT, ".")).format(template, **values)
+        # The decimal separator is a catalogue entry too (written out for the extraction), so adding a
+        # language needs no code.
+        return _Formatter(t.pgettext("decimal separator", ".")).format(template, **values)
 
     def __str__(self) -> str:
         return self.render(SOURCE_LANGUAGE)
@@ -179,6 +179,11 @@ def _n(singular: str, plural: str, n: int, /, **params: Any) -> Text:
 
 def _p(context: str, msgid: str, /, **params: Any) -> Text:
     return Text(msgid, params, context=context)
+
+
+def N_(msgid: str) -> str:
+    """Marks a string for the catalogues that is looked up elsewhere (a command name Discord translates)."""
+    return msgid
 
 
 def render(value: Any, lang: object = None) -> str:
