@@ -88,8 +88,11 @@ def test_the_compiled_catalogue_matches_its_source(lang):
     fresh = gettext.GNUTranslations(io.BytesIO(compiled.getvalue()))
     with i18n.catalogue_path(lang).open("rb") as f:
         committed = gettext.GNUTranslations(f)
-    assert committed._catalog == fresh._catalog, "run `make catalogues`"  # noqa: SLF001 (gettext's own table)
-    assert committed.plural(1) == 0 and committed.plural(2) == fresh.plural(2)
+    # gettext's own tables, less the header (its Generated-By names the Babel release that compiled it)
+    messages = [{k: v for k, v in t._catalog.items() if k != ""} for t in (committed, fresh)]  # noqa: SLF001
+    assert messages[0] == messages[1], "run `make catalogues`"
+    assert len(messages[0]) > 150
+    assert [committed.plural(n) for n in range(5)] == [fresh.plural(n) for n in range(5)]
 
 
 # -- fallback --------------------------------------------------------------------------------------
