@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 
-from bot.i18n import META_KEY
+import discord
+
+from bot.i18n import META_KEY, language
 from tests.bot.test_discord import (  # noqa: F401 (fixtures)
     bot_config, custom_ids, fake, photo_bytes, reply_of, running_bot, scripted_worker, send_story)
 
@@ -141,13 +143,17 @@ async def test_discord_command_tree_carries_german_descriptions(fake, queue, dat
     assert story_options["prompts"]["description_localizations"]["de"].startswith("Ein Prompt pro ~5-s-Segment")
     menu = commands["Make a story from this image"]
     assert menu["type"] == 3 and menu["name_localizations"] == {"de": "Geschichte aus diesem Bild"}
+    # Every Discord locale a catalogue serves (de today; es-ES and es-419 once there is an es) gets every
+    # description, within Discord's 100 characters; names stay as typed everywhere.
+    served = {loc.value for loc in discord.Locale if language(loc.value) != "en"}
+    assert "de" in served and "en-US" not in served
     for command in commands.values():
         if command["type"] != 1:
+            assert set(command["name_localizations"]) == served
+            assert all(len(name) <= 32 for name in command["name_localizations"].values())
             continue
-        # Names stay as typed everywhere; every description has a German one within Discord's 100 characters.
-        assert not command.get("name_localizations") and set(command["description_localizations"]) == {"de"}
-        assert len(command["description_localizations"]["de"]) <= 100
+        assert not command.get("name_localizations") and set(command["description_localizations"]) == served
         for option in command["options"]:
-            assert not option.get("name_localizations")
-            assert 0 < len(option["description_localizations"]["de"]) <= 100
-    assert len(menu["name_localizations"]["de"]) <= 32
+            assert not option.get("name_localizations") and set(option["description_localizations"]) == served
+        descriptions = [command["description_localizations"], *[o["description_localizations"] for o in command["options"]]]
+        assert all(0 < len(d) <= 100 for table in descriptions for d in table.values())
