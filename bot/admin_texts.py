@@ -28,8 +28,8 @@ def stats_text(report: UsageReport) -> Lines:
                    users=report.active_users, queued=report.queued, running=report.running))
     lines.append(_("Median seconds per segment:") if report.seconds_per_segment
                  else _("Median seconds per segment: no segments yet."))
-    lines += [_n("  {preset} / {recipe}: {median:g} s ({n} segment)", "  {preset} / {recipe}: {median:g} s ({n} segments)",
-                 t.segments, preset=t.preset, recipe=t.recipe, median=float(t.median_s))
+    lines += [_n("  {preset} / {recipe}: {median:g} s ({n} segment)",
+                 "  {preset} / {recipe}: {median:g} s ({n} segments)", t.segments, preset=t.preset, recipe=t.recipe, median=float(t.median_s))
               for t in report.seconds_per_segment]
     lines.append(_("Failures:") if report.failures else _("Failures: none."))
     lines += [f"  {count} x {excerpt(reason, 80)}" for reason, count in report.failures]

@@ -38,7 +38,8 @@ HOW_TO = [_("Example: /story prompts: a cat walks | the cat runs | the cat flies
           _('Or right-click a message with a photo: Apps > "{menu}".', menu=_(CONTEXT_MENU_NAME)),
           _("Buttons under the status message cancel the job or re-roll it with a new seed."),
           "",
-          _("Options: loop:True, color_match:anchor (or write them before the prompts: loop: color:anchor walk | run)."),
+          _("Options: loop:True, color_match:anchor (or write them before the prompts: "
+            "loop: color:anchor walk | run)."),
           *texts.OPTIONS_HELP]
 MAX_RATELIMIT_WAIT_S = 30.0  # the smallest value discord.py accepts
 TOKEN_REJECTED = "the Discord token was rejected; check DISCORD_BOT_TOKEN"
@@ -161,7 +162,8 @@ class SviClient(discord.Client):
 @app_commands.describe(prompts=locale_str('One prompt per ~5 s segment, separated by "|", e.g. walk | run | fly'),
                        image=locale_str("The photo to bring to life (JPEG, PNG or WebP)"),
                        seed=locale_str("Optional seed to repeat a result; random when left out"),
-                       loop=locale_str("End on the photo, so the video plays seamlessly on repeat (changes the last segment)"),
+                       loop=locale_str("End on the photo, so the video plays seamlessly on repeat "
+                                       "(changes the last segment)"),
                        color_match=locale_str("anchor: keep later segments on the photo's colours; off (default): "
                                               "leave them"))
 async def story(interaction: discord.Interaction[SviClient], prompts: str,

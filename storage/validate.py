@@ -169,5 +169,6 @@ def check_photo(data: bytes, limits: Limits) -> PhotoInfo:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as full:
             full.load()
     except (OSError, SyntaxError, ValueError) as err:
-        raise TruncatedImage(N_("The photo is truncated or corrupt ({error}); send it again."), error=str(err)) from None
+        raise TruncatedImage(N_("The photo is truncated or corrupt ({error}); send it again."),
+                             error=str(err)) from None
     return PhotoInfo(width=width, height=height, format=fmt)

@@ -77,7 +77,8 @@ def test_every_text_is_translated_with_the_same_placeholders(lang):
                 problems.append(f"{key}: empty")
             elif fields(translated) != wanted:
                 problems.append(f"{key}: placeholders {sorted(fields(translated))} != {sorted(wanted)}")
-    obsolete = {(m.context, m.id[0] if isinstance(m.id, tuple) else m.id) for m in catalog if m.id} - set(source_messages())
+    in_catalogue = {(m.context, m.id[0] if isinstance(m.id, tuple) else m.id) for m in catalog if m.id}
+    obsolete = in_catalogue - set(source_messages())
     assert not problems and not obsolete, problems + [f"{key}: no longer in the code" for key in obsolete]
 
 

@@ -138,11 +138,11 @@ async def test_discord_command_tree_carries_german_descriptions(fake, queue, dat
     async with running_bot(fake, queue, data_dir, bot_config):
         commands = {c["name"]: c for c in fake.commands["global"]}
     assert commands["help"]["description"] == "How to use the bot, its limits and the rules."
-    assert commands["help"]["description_localizations"] == {"de": "Wie der Bot funktioniert, seine Grenzen und die Regeln."}
+    assert commands["help"]["description_localizations"]["de"] == "Wie der Bot funktioniert, seine Grenzen und die Regeln."
     story_options = {o["name"]: o for o in commands["story"]["options"]}
     assert story_options["prompts"]["description_localizations"]["de"].startswith("Ein Prompt pro ~5-s-Segment")
     menu = commands["Make a story from this image"]
-    assert menu["type"] == 3 and menu["name_localizations"] == {"de": "Geschichte aus diesem Bild"}
+    assert menu["type"] == 3 and menu["name_localizations"]["de"] == "Geschichte aus diesem Bild"
     # Every Discord locale a catalogue serves (de today; es-ES and es-419 once there is an es) gets every
     # description, within Discord's 100 characters; names stay as typed everywhere.
     served = {loc.value for loc in discord.Locale if language(loc.value) != "en"}
@@ -155,5 +155,5 @@ async def test_discord_command_tree_carries_german_descriptions(fake, queue, dat
         assert not command.get("name_localizations") and set(command["description_localizations"]) == served
         for option in command["options"]:
             assert not option.get("name_localizations") and set(option["description_localizations"]) == served
-        descriptions = [command["description_localizations"], *[o["description_localizations"] for o in command["options"]]]
-        assert all(0 < len(d) <= 100 for table in descriptions for d in table.values())
+        tables = [command["description_localizations"], *[o["description_localizations"] for o in command["options"]]]
+        assert all(0 < len(d) <= 100 for table in tables for d in table.values())

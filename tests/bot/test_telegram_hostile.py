@@ -278,6 +278,7 @@ async def test_the_allowlist_applies_to_every_command_and_button(fake_telegram, 
     await fake.wait_for(lambda: len(fake.texts_to(GROUP)) == 7 and fake.callback_answers, what="refusals")
     await asyncio.sleep(0.2)
     assert fake.texts_to(GROUP)[1:] == [str(texts.NOT_ALLOWED)] * 6
-    assert fake.callback_answers == [{"callback_query_id": query_id, "text": str(texts.NOT_ALLOWED), "show_alert": True}]
+    assert fake.callback_answers == [
+        {"callback_query_id": query_id, "text": str(texts.NOT_ALLOWED), "show_alert": True}]
     assert [j.state for j in await queue.list_jobs()] == ["queued"]
     assert fake.method_calls("getFile") == [fake.method_calls("getFile")[0]]  # only the allowed user's photo
