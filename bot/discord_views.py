@@ -39,6 +39,7 @@ CANCEL_LABEL = _("Cancel")
 REROLL_LABEL = _("Re-roll")
 MODAL_TITLE = _("Make a story")
 MODAL_LABEL = _("Prompts, one per segment, separated by |")
+MODAL_EXAMPLE = _("walk | run | fly")
 
 
 class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"svibot:cancel:(?P<job_id>[0-9]+)"):
@@ -130,7 +131,7 @@ class StoryModal(discord.ui.Modal):
         super().__init__(title=render(MODAL_TITLE, lang), timeout=15 * 60)
         self.prompts: discord.ui.TextInput = discord.ui.TextInput(
             label=render(MODAL_LABEL, lang), style=discord.TextStyle.paragraph,
-            placeholder="walk | run | fly", max_length=PROMPTS_MAX_CHARS)
+            placeholder=render(MODAL_EXAMPLE, lang), max_length=PROMPTS_MAX_CHARS)
         self.add_item(self.prompts)
         self.image = image
 

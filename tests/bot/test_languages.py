@@ -128,6 +128,13 @@ async def test_discord_german_locale_gets_german_replies_and_status(fake, queue,
         await fake.wait_for(lambda: status.content.startswith("Auftrag #1: fertig, 2 Segmente"))
         refused = await reply_of(fake, await fake.send_interaction(fake.slash("cancel", OWNER, {"job": 99})))
         assert refused == "Es gibt keinen Auftrag #99, den du abbrechen könntest."
+        target = fake.user_message(OWNER, [fake.add_attachment("dog.png", photo_bytes(), "image/png")])
+        menu = await fake.send_interaction(fake.message_command("Make a story from this image", OWNER, target))
+        await fake.wait_for(lambda: any(c.type == 9 for c in fake.callbacks_for(menu)))
+        modal = next(c for c in fake.callbacks_for(menu) if c.type == 9).data
+        field = modal["components"][0]["components"][0]
+        assert (modal["title"], field["label"], field["placeholder"]) == (
+            "Geschichte erstellen", "Prompts, einer pro Segment, getrennt durch |", "gehen | rennen | fliegen")
     videos = [m.content for m in fake.channel_messages() if m.uploads]
     assert videos == ["Segment 1/2: gehen", "Segment 2/2: rennen", "Deine Geschichte (2 Segmente, 2 s)"]
     shown = [e["content"] for e in status.edits if "wird erzeugt" in (e.get("content") or "")]
