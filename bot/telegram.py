@@ -27,7 +27,7 @@ from storage.models import Job
 from storage.queue import JobQueue
 
 from . import telegram_handlers as h
-from . import telegram_settings
+from . import telegram_forget, telegram_settings
 from storage.redact import add_secret
 
 from .config import BotConfig, TelegramConfig
@@ -186,8 +186,8 @@ def build_application(config: TelegramConfig, bot_config: BotConfig, queue: JobQ
     app.add_handler(MessageHandler(photo_or_file & ~story_caption, h.remember_photo))
     app.add_handler(CallbackQueryHandler(h.button, pattern=r"^(cancel|reroll):"))
     app.add_handler(CallbackQueryHandler(telegram_settings.settings_button, pattern=telegram_settings.CALLBACK_PATTERN))
-    app.add_handler(CommandHandler("forget", h.forget_command))
-    app.add_handler(CallbackQueryHandler(h.forget_button, pattern=r"^forget:"))
+    app.add_handler(CommandHandler("forget", telegram_forget.forget_command))
+    app.add_handler(CallbackQueryHandler(telegram_forget.forget_button, pattern=telegram_forget.CALLBACK_PATTERN))
     app.add_error_handler(h.on_error)
     return app
 

@@ -24,7 +24,7 @@ from storage.errors import InputError, PhotoTooLarge
 from storage.queue import JobQueue
 from storage.validate import check_photo_size
 
-from . import forget, intake, texts
+from . import intake, texts
 from .access import AccessDenied, check_allowed
 from .config import BotConfig, TelegramConfig
 from .i18n import _, job_meta, render
@@ -328,39 +328,6 @@ async def queue_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
 async def stats_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/stats: usage of the last 7 days, admins only."""
     await _admin_reply(update, context, intake.usage_stats)
-
-
-async def forget_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/forget: ask before deleting every job and file of the asking user (the buttons do it)."""
-    d = deps(context)
-    user_id, lang = update.effective_user.id, language(update)
-    text, anything = await forget.ask(d.queue, platform=PLATFORM, user_id=str(user_id))
-    markup = InlineKeyboardMarkup([[
-        InlineKeyboardButton(render(forget.CONFIRM_LABEL, lang), callback_data=f"forget:yes:{user_id}"),
-        InlineKeyboardButton(render(forget.KEEP_LABEL, lang), callback_data=f"forget:no:{user_id}")]]) \
-        if anything else None
-    await reply(update.effective_message, text, lang, reply_markup=markup)
-
-
-async def forget_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """The /forget question's buttons: only the user who asked may answer; the question becomes the result."""
-    d = deps(context)
-    query = update.callback_query
-    _, answer, owner = (query.data or "").split(":", 2) if (query.data or "").count(":") == 2 else ("", "", "")
-    if str(query.from_user.id) != owner:
-        await query.answer(render(forget.NOT_YOURS, language(update)), show_alert=True)
-        return
-    if answer == "yes":
-        text = await forget.forget(d.queue, platform=PLATFORM, user_id=owner)
-        d.photos.forget(update.effective_chat.id)  # the chat's remembered photo, if any
-    else:
-        text = forget.KEPT
-    await query.answer()
-    if query.message is not None:
-        try:  # the question turns into the outcome, without buttons, so it cannot be pressed twice
-            await query.edit_message_text(fit(render(text, language(update)), TELEGRAM_MESSAGE_CHARS))
-        except BadRequest as err:
-            log.info("could not edit the /forget question: %s", err)
 
 
 async def button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -85,7 +85,7 @@ async def test_telegram_unknown_and_regional_languages_fall_back(fake_telegram, 
     assert answers == {2001: english, 2002: german, 2003: english, 2004: english, 2005: english}
 
 
-async def test_telegram_reroll_by_a_german_user_is_german(fake_telegram, start_bot, queue, worker):
+async def test_telegram_reroll_and_forget_of_a_german_user_are_german(fake_telegram, start_bot, queue, worker):
     """A button press carries the presser's language too: the new job's texts and its later messages."""
     fake = fake_telegram
     fake.user_languages[USER] = "de"
@@ -100,6 +100,12 @@ async def test_telegram_reroll_by_a_german_user_is_german(fake_telegram, start_b
     second = (await fake.wait_for(lambda: fake.sent_to(CHAT, "sendMessage")[1:], what="second status"))[0]
     assert second.text.startswith("In der Warteschlange: Auftrag #2")
     assert (await queue.get_job(2)).meta[META_KEY] == "de"
+
+    fake.user_message(CHAT, USER, text="/forget")
+    question = (await fake.wait_for(lambda: fake.sent_to(CHAT, "sendMessage")[2:], what="the /forget question"))[0]
+    assert question.text.startswith("Damit werden deine 2 Aufträge hier mit ihren Fotos")
+    assert "1 davon wartet oder läuft noch und wird gestoppt." in question.text
+    assert _buttons(question.params["reply_markup"]) == ["Alles löschen", "Behalten"]
 
 
 # -- Discord -----------------------------------------------------------------------------------------
