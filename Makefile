@@ -26,7 +26,14 @@ LOWEST_CONSTRAINTS := .venv-lowest.constraints.txt
 # (a path list, `-k`) go in LOWEST_PYTEST_ARGS.
 LOWEST_PYTEST_ARGS ?=
 
-.PHONY: install test test-lowest story clean
+# The bots' message catalogues (bot/locale; see "Languages" in the README). `make messages` extracts the
+# texts of bot/ and storage/ into the template and merges it into each language's .po; after translating,
+# `make catalogues` compiles the .mo files the bots load. `make language LOCALE=es` starts a new one.
+LOCALE_DIR := bot/locale
+BABEL_KEYWORDS := -k _n:1,2 -k _p:1c,2 -k locale_str
+LOCALE ?=
+
+.PHONY: install test test-lowest story clean messages catalogues language
 
 install: $(VENV)/.installed
 
@@ -43,6 +50,18 @@ test-lowest:
 	$(LOWEST_PYTHON) .ci/lowest_constraints.py pyproject.toml > $(LOWEST_CONSTRAINTS)
 	$(MAKE) test PYTHON="$(LOWEST_PYTHON)" VENV=.venv-lowest TORCH_SPEC="$(LOWEST_TORCH_SPEC)" \
 		PIP_INSTALL_ARGS="-c $(LOWEST_CONSTRAINTS)" PYTEST_ARGS="$(LOWEST_PYTEST_ARGS)"
+
+messages: install
+	$(BIN)/pybabel extract $(BABEL_KEYWORDS) --no-location --project svibot --copyright-holder "svibot contributors" \
+		-o $(LOCALE_DIR)/svibot.pot bot storage
+	$(BIN)/pybabel update --ignore-obsolete -i $(LOCALE_DIR)/svibot.pot -d $(LOCALE_DIR) -D svibot
+
+catalogues: install
+	$(BIN)/pybabel compile --statistics -d $(LOCALE_DIR) -D svibot
+
+language: install
+	@test -n "$(LOCALE)" || { echo "say which language: make language LOCALE=es"; exit 2; }
+	$(BIN)/pybabel init -i $(LOCALE_DIR)/svibot.pot -d $(LOCALE_DIR) -D svibot -l $(LOCALE)
 
 story: install
 	$(BIN)/svibot story $(PHOTO) "$(STORY)"

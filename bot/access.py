@@ -16,7 +16,8 @@ from .config import BotConfig
 
 
 class AccessDenied(Exception):
-    """The request is refused. `str(err)` is the reply for the user."""
+    """The request is refused. Its one argument is the reply for the user, a `Text` (`i18n.render(err, lang)`
+    shows it in the user's language; `str(err)` in English)."""
 
     code = "denied"
 

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import discord
 from discord import app_commands
+from discord.app_commands import locale_str
 
 from storage.config import DataDir
 from storage.errors import InputError, TokenRejected
@@ -20,26 +21,29 @@ from storage.validate import check_photo_size
 from . import forget, intake, texts
 from .access import AccessDenied, check_allowed
 from .config import BotConfig, DiscordConfig
+from .discord_i18n import CatalogueTranslator, language
 from .discord_settings import SettingButton, settings as settings_command
 from .discord_delivery import DEFAULT_UPLOAD_LIMIT, PLATFORM, DiscordDeliverer
 from .discord_views import CancelButton, ForgetButton, RerollButton, StoryModal, forget_view
+from .i18n import N_, _, job_meta, render
 from .outbox import STATUS_REPLY_META, Outbox, OutboxConfig
 from .texts import DISCORD_CONTENT_CHARS, fit
 
 log = logging.getLogger(__name__)
 
-NO_IMAGE = "Attach a photo to the command: /story prompts:walk | run | fly image:<your photo>"
-NO_IMAGE_IN_MESSAGE = "That message has no image attached; use this on a message with a photo."
-CONTEXT_MENU_NAME = "Make a story from this image"
-HOW_TO = ["Example: /story prompts: a cat walks | the cat runs | the cat flies  image: <your photo>",
-          f'Or right-click a message with a photo: Apps > "{CONTEXT_MENU_NAME}".',
-          "Buttons under the status message cancel the job or re-roll it with a new seed.",
+NO_IMAGE = _("Attach a photo to the command: /story prompts:walk | run | fly image:<your photo>")
+NO_IMAGE_IN_MESSAGE = _("That message has no image attached; use this on a message with a photo.")
+CONTEXT_MENU_NAME = N_("Make a story from this image")  # at most 32 characters, in every language
+HOW_TO = [_("Example: /story prompts: a cat walks | the cat runs | the cat flies  image: <your photo>"),
+          _('Or right-click a message with a photo: Apps > "{menu}".', menu=_(CONTEXT_MENU_NAME)),
+          _("Buttons under the status message cancel the job or re-roll it with a new seed."),
           "",
-          "Options: loop:True, color_match:anchor (or write them before the prompts: loop: color:anchor walk | run).",
+          _("Options: loop:True, color_match:anchor (or write them before the prompts: "
+            "loop: color:anchor walk | run)."),
           *texts.OPTIONS_HELP]
 MAX_RATELIMIT_WAIT_S = 30.0  # the smallest value discord.py accepts
 TOKEN_REJECTED = "the Discord token was rejected; check DISCORD_BOT_TOKEN"
-REPLY_FAILED = "Sorry, I could not show the answer here. Please try again."
+REPLY_FAILED = _("Sorry, I could not show the answer here. Please try again.")
 
 
 class SviClient(discord.Client):
@@ -63,6 +67,7 @@ class SviClient(discord.Client):
     async def setup_hook(self) -> None:
         # Buttons of status messages sent before a restart match these templates again.
         self.add_dynamic_items(CancelButton, RerollButton, SettingButton, ForgetButton)
+        await self.tree.set_translator(CatalogueTranslator())  # descriptions in every catalogue's language
         if self.config.guild_id is not None:
             guild = discord.Object(id=self.config.guild_id)
             self.tree.copy_global_to(guild=guild)
@@ -79,10 +84,10 @@ class SviClient(discord.Client):
         try:
             queued = await self._queue_story(interaction, text, image, seed, settings or {})
         except (AccessDenied, InputError) as err:
-            await _reply(interaction, str(err))
+            await _reply(interaction, err)
             return
         await _reply(interaction, queued.text)
-        await self._post_status(queued)
+        await self._post_status(queued, language(interaction))
 
     async def _queue_story(self, interaction: discord.Interaction, text: str | None,
                            image: discord.Attachment | None, seed: int | None,
@@ -100,10 +105,11 @@ class SviClient(discord.Client):
             platform=PLATFORM, chat_id=chat_id, user_id=user_id, text=text or "", photo=photo,
             seed=seed, chat_ids=chat_ids, meta=_channel_meta(interaction), settings=settings))
 
-    async def _post_status(self, queued: intake.Queued) -> None:
+    async def _post_status(self, queued: intake.Queued, lang: str) -> None:
         position = queued.position if queued.position is not None else 1
+        text = render(texts.position_text(queued.job.id, position, queued.eta_s), lang)
         try:
-            await self.deliverer.post_status(queued.job, texts.position_text(queued.job.id, position, queued.eta_s))
+            await self.deliverer.post_status(queued.job, text)
         except Exception:
             # The outbox posts the status message with the first event if this one failed.
             log.exception("posting the status message of job #%d failed", queued.job.id)
@@ -116,7 +122,7 @@ class SviClient(discord.Client):
             text = await intake.cancel(self.queue, self.bot_config, platform=PLATFORM, user_id=user_id,
                                        job_id=job_id, chat_id=chat_id)
         except AccessDenied as err:
-            text = str(err)
+            text = err
         await _reply(interaction, text)
 
     async def press_reroll(self, interaction: discord.Interaction, job_id: int) -> None:
@@ -128,10 +134,10 @@ class SviClient(discord.Client):
             queued = await intake.reroll(self.queue, self.bot_config, job_id, platform=PLATFORM, user_id=user_id,
                                          chat_id=chat_id, chat_ids=chat_ids, meta=_channel_meta(interaction))
         except (AccessDenied, InputError) as err:
-            await _reply(interaction, str(err))
+            await _reply(interaction, err)
             return
         await _reply(interaction, queued.text)
-        await self._post_status(queued)
+        await self._post_status(queued, language(interaction))
 
     async def press_forget(self, interaction: discord.Interaction, confirmed: bool, user_id: int) -> None:
         """The /forget question's buttons: only the user who asked may answer; the question becomes the result."""
@@ -143,7 +149,8 @@ class SviClient(discord.Client):
         else:
             text = forget.KEPT
         # The question turns into the outcome, without buttons, so it cannot be pressed twice.
-        await interaction.response.edit_message(content=fit(text, DISCORD_CONTENT_CHARS), view=None)
+        await interaction.response.edit_message(content=fit(render(text, language(interaction)),
+                                                            DISCORD_CONTENT_CHARS), view=None)
 
     async def on_button_error(self, interaction: discord.Interaction, error: Exception) -> None:
         """The buttons' error handler: log first, then tell the presser once."""
@@ -152,11 +159,13 @@ class SviClient(discord.Client):
 
 
 # -- command handlers ------------------------------------------------------------------------------
-@app_commands.describe(prompts='One prompt per ~5 s segment, separated by "|", e.g. walk | run | fly',
-                       image="The photo to bring to life (JPEG, PNG or WebP)",
-                       seed="Optional seed to repeat a result; random when left out",
-                       loop="End on the photo, so the video plays seamlessly on repeat (changes the last segment)",
-                       color_match="anchor: keep later segments on the photo's colours; off (default): leave them")
+@app_commands.describe(prompts=locale_str('One prompt per ~5 s segment, separated by "|", e.g. walk | run | fly'),
+                       image=locale_str("The photo to bring to life (JPEG, PNG or WebP)"),
+                       seed=locale_str("Optional seed to repeat a result; random when left out"),
+                       loop=locale_str("End on the photo, so the video plays seamlessly on repeat "
+                                       "(changes the last segment)"),
+                       color_match=locale_str("anchor: keep later segments on the photo's colours; off (default): "
+                                              "leave them"))
 async def story(interaction: discord.Interaction[SviClient], prompts: str,
                 image: discord.Attachment | None = None,
                 seed: app_commands.Range[int, 0, intake.MAX_SEED] | None = None,
@@ -174,7 +183,7 @@ async def status(interaction: discord.Interaction[SviClient]) -> None:
     await _reply(interaction, text)
 
 
-@app_commands.describe(job="The job number; leave out to cancel your only active job")
+@app_commands.describe(job=locale_str("The job number; leave out to cancel your only active job"))
 async def cancel(interaction: discord.Interaction[SviClient], job: int | None = None) -> None:
     """Cancel one of your jobs."""
     client = interaction.client
@@ -182,7 +191,7 @@ async def cancel(interaction: discord.Interaction[SviClient], job: int | None = 
         text = await intake.cancel(client.queue, client.bot_config, platform=PLATFORM,
                                    user_id=str(interaction.user.id), job_id=job)
     except AccessDenied as err:
-        text = str(err)
+        text = err
     await _reply(interaction, text)
 
 
@@ -192,7 +201,7 @@ async def _admin_reply(interaction: discord.Interaction[SviClient], report) -> N
     try:
         text = await report(client.queue, client.bot_config, user_id=str(interaction.user.id))
     except AccessDenied as err:
-        text = str(err)
+        text = err
     await _reply(interaction, text)
 
 
@@ -220,14 +229,15 @@ async def forget_(interaction: discord.Interaction[SviClient]) -> None:
     if not anything:
         await _reply(interaction, text)
         return
-    view = forget_view(interaction.user.id, forget.CONFIRM_LABEL, forget.KEEP_LABEL)
-    await interaction.response.send_message(fit(text, DISCORD_CONTENT_CHARS), view=view, ephemeral=True)
+    lang = language(interaction)
+    view = forget_view(interaction.user.id, render(forget.CONFIRM_LABEL, lang), render(forget.KEEP_LABEL, lang))
+    await interaction.response.send_message(fit(render(text, lang), DISCORD_CONTENT_CHARS), view=view, ephemeral=True)
 
 
 async def whoami(interaction: discord.Interaction[SviClient]) -> None:
     """Show your user id and this channel's and server's ids (for the operator's allowlist)."""
     where = [("channel", interaction.channel_id)] + ([("server", interaction.guild_id)] if interaction.guild_id else [])
-    await interaction.response.send_message(texts.whoami_text("Discord", interaction.user.id, where), ephemeral=True)
+    await _reply(interaction, texts.whoami_text("Discord", interaction.user.id, where))
 
 
 async def story_from_message(interaction: discord.Interaction[SviClient], message: discord.Message) -> None:
@@ -240,7 +250,7 @@ async def story_from_message(interaction: discord.Interaction[SviClient], messag
     if image is None:
         await _reply(interaction, NO_IMAGE_IN_MESSAGE)
         return
-    await interaction.response.send_modal(StoryModal(image))
+    await interaction.response.send_modal(StoryModal(image, language(interaction)))
 
 
 async def on_tree_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
@@ -259,7 +269,7 @@ class GatedTree(app_commands.CommandTree):
         try:
             check_allowed(interaction.client.bot_config, user_id, [chat_id, *chat_ids])
         except AccessDenied as err:
-            await _reply(interaction, str(err))
+            await _reply(interaction, err)
             return False
         return True
 
@@ -267,16 +277,22 @@ class GatedTree(app_commands.CommandTree):
 def build_tree(client: SviClient) -> app_commands.CommandTree:
     """All the wiring: each handler becomes an app command of a fresh tree."""
     tree = GatedTree(client)
-    tree.add_command(app_commands.command(name="story")(story))
-    tree.add_command(app_commands.command(name="status")(status))
-    tree.add_command(app_commands.command(name="cancel")(cancel))
-    tree.add_command(app_commands.command(name="queue")(queue_))
-    tree.add_command(app_commands.command(name="stats")(stats))
-    tree.add_command(app_commands.command(name="settings")(settings_command))
-    tree.add_command(app_commands.command(name="help")(help_))
-    tree.add_command(app_commands.command(name="forget")(forget_))
-    tree.add_command(app_commands.command(name="whoami")(whoami))
-    tree.add_command(app_commands.ContextMenu(name=CONTEXT_MENU_NAME, callback=story_from_message))
+    # Descriptions are at most 100 characters, in every language (Discord refuses the sync otherwise).
+    commands = [
+        ("story", story, locale_str("Turn a photo into a video story, one segment per prompt.")),
+        ("status", status, locale_str("Show your jobs and whether a GPU worker is online.")),
+        ("cancel", cancel, locale_str("Cancel one of your jobs.")),
+        ("queue", queue_, locale_str("Show the whole queue (admins only).")),
+        ("stats", stats, locale_str("Usage of the last 7 days (admins only).")),
+        ("settings", settings_command,
+         locale_str("Your defaults for new stories: quality, loop, colour match, chaining and seed.")),
+        ("help", help_, locale_str("How to use the bot, its limits and the rules.")),
+        ("forget", forget_, locale_str("Delete all your jobs, photos and videos now (asks first).")),
+        ("whoami", whoami, locale_str("Show your user id and this channel's and server's ids.")),
+    ]
+    for name, callback, description in commands:
+        tree.add_command(app_commands.command(name=name, description=description)(callback))
+    tree.add_command(app_commands.ContextMenu(name=locale_str(CONTEXT_MENU_NAME), callback=story_from_message))
     tree.on_error = on_tree_error
     return tree
 
@@ -289,23 +305,25 @@ def _who(interaction: discord.Interaction) -> tuple[str, str, tuple[str, ...]]:
 
 
 def _channel_meta(interaction: discord.Interaction) -> dict[str, object]:
-    """What delivery needs later, fixed at enqueue time: upload limit, age restriction, guild."""
+    """What delivery needs later, fixed at enqueue time: upload limit, age restriction, guild, language."""
     limit = getattr(interaction, "filesize_limit", None)
     if not limit and interaction.guild is not None:
         limit = interaction.guild.filesize_limit
     channel = interaction.channel
     nsfw = bool(channel is not None and getattr(channel, "is_nsfw", lambda: False)())
     return {"filesize_limit": int(limit or DEFAULT_UPLOAD_LIMIT), "nsfw": nsfw, "guild_id": interaction.guild_id,
-            STATUS_REPLY_META: True}
+            STATUS_REPLY_META: True, **job_meta(language(interaction))}
 
 
-async def _reply(interaction: discord.Interaction, text: str) -> None:
-    """Answer the interaction once: edit the deferred reply, or send one, cut to Discord's limit.
+async def _reply(interaction: discord.Interaction, text: Any) -> None:
+    """Answer the interaction once, in the user's language: edit the deferred reply, or send one, cut
+    to Discord's limit. `text` is a `Text`, a refusal or an input error (see `i18n.render`).
 
     If Discord refuses the answer, a short followup says so, so nobody is left on "thinking...".
     A dead interaction token is only logged.
     """
-    text = fit(text, DISCORD_CONTENT_CHARS)
+    lang = language(interaction)
+    text = fit(render(text, lang), DISCORD_CONTENT_CHARS)
     try:
         if interaction.response.is_done():
             await interaction.edit_original_response(content=text)
@@ -316,11 +334,12 @@ async def _reply(interaction: discord.Interaction, text: str) -> None:
         log.warning("could not answer interaction %d: %s", interaction.id, err)
         if err.status in (401, 404):  # the token expired or the interaction is gone: nobody to tell
             return
+    failed = render(REPLY_FAILED, lang)
     try:
         if interaction.response.is_done():
-            await interaction.followup.send(REPLY_FAILED, ephemeral=True)
+            await interaction.followup.send(failed, ephemeral=True)
         else:
-            await interaction.response.send_message(REPLY_FAILED, ephemeral=True)
+            await interaction.response.send_message(failed, ephemeral=True)
     except discord.HTTPException as err:
         log.warning("could not send the fallback answer to interaction %d: %s", interaction.id, err)
 

@@ -20,6 +20,7 @@ from storage.queue import JobQueue
 
 from . import texts
 from .discord_views import status_view
+from .i18n import job_language, render
 from .outbox import RetryLater, Undeliverable
 from .texts import DISCORD_CONTENT_CHARS, fit
 
@@ -67,9 +68,13 @@ class DiscordDeliverer:
             current = await self.queue.get_job(job.id)
             if current.status_message_id is not None:
                 return current.status_message_id
-            message = await _call(lambda: self.channel(job).send(text, view=status_view(job.id, active=active)))
+            message = await _call(lambda: self.channel(job).send(text, view=self._view(job, active)))
             await self.queue.set_status_message(job.id, str(message.id))
             return str(message.id)
+
+    @staticmethod
+    def _view(job: Job, active: bool) -> discord.ui.View:
+        return status_view(job.id, active=active, lang=job_language(job))
 
     def _preview_file(self, job: Job, jpeg: bytes) -> discord.File:
         spoiler = spoiler_for(self.spoiler, bool(job.meta.get("nsfw")))
@@ -85,12 +90,12 @@ class DiscordDeliverer:
         # `attachments` lists what the message keeps: the new preview only, so the last one goes.
         files = {} if preview is None else {"attachments": [self._preview_file(job, preview)]}
         try:
-            await _call(lambda: partial.edit(content=text, view=status_view(job.id, active=active), **files))
+            await _call(lambda: partial.edit(content=text, view=self._view(job, active), **files))
         except Undeliverable:
             # The status message was deleted: post a fresh one so progress stays visible.
             extra = {} if preview is None else {"file": self._preview_file(job, preview)}
             message = await _call(lambda: self.channel(job).send(
-                text, view=status_view(job.id, active=active), **extra))
+                text, view=self._view(job, active), **extra))
             return str(message.id)
         return current.status_message_id
 
@@ -107,7 +112,7 @@ class DiscordDeliverer:
             # The channel's limit shrank since the job was queued (e.g. the guild lost boosts).
             size = Path(path).stat().st_size
             log.warning("job #%d: %s (%d bytes) refused with 413", job.id, path, size)
-            refusal = texts.too_big_text("This video", size, self.upload_limit(job))
+            refusal = render(texts.video_too_big_text(size, self.upload_limit(job)), job_language(job))
             return await self.send_text(job, caption + "\n" + refusal)
         return str(message.id)
 

@@ -10,6 +10,9 @@ from typing import Any, Protocol
 
 import discord
 
+from .forget import CONFIRM_LABEL, KEEP_LABEL
+from .i18n import _, render
+
 
 class StoryActions(Protocol):
     """What the buttons and the modal ask of the client (`discord_app.SviClient` provides it)."""
@@ -31,14 +34,20 @@ def _actions(interaction: discord.Interaction) -> StoryActions:
 CANCEL_ID = "svibot:cancel:{job_id}"
 REROLL_ID = "svibot:reroll:{job_id}"
 PROMPTS_MAX_CHARS = 4000  # Discord's limit for one modal text input
+# A button's label only matters where the bot sends it; one matched after a restart keeps the message's.
+CANCEL_LABEL = _("Cancel")
+REROLL_LABEL = _("Re-roll")
+MODAL_TITLE = _("Make a story")
+MODAL_LABEL = _("Prompts, one per segment, separated by |")
+MODAL_EXAMPLE = _("walk | run | fly")
 
 
 class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"svibot:cancel:(?P<job_id>[0-9]+)"):
     """❌ Cancel: only the job's owner or an admin may press it (checked by the queue)."""
 
-    def __init__(self, job_id: int) -> None:
+    def __init__(self, job_id: int, lang: str | None = None) -> None:
         super().__init__(discord.ui.Button(
-            label="Cancel", emoji="\N{CROSS MARK}", style=discord.ButtonStyle.danger,
+            label=render(CANCEL_LABEL, lang), emoji="\N{CROSS MARK}", style=discord.ButtonStyle.danger,
             custom_id=CANCEL_ID.format(job_id=job_id)))
         self.job_id = job_id
 
@@ -57,9 +66,9 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"svibot:
 class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"svibot:reroll:(?P<job_id>[0-9]+)"):
     """🔁 Re-roll: the same photo and prompts again with a new seed, as a new job of the presser."""
 
-    def __init__(self, job_id: int) -> None:
+    def __init__(self, job_id: int, lang: str | None = None) -> None:
         super().__init__(discord.ui.Button(
-            label="Re-roll", emoji="\N{CLOCKWISE RIGHTWARDS AND LEFTWARDS OPEN CIRCLE ARROWS}",
+            label=render(REROLL_LABEL, lang), emoji="\N{CLOCKWISE RIGHTWARDS AND LEFTWARDS OPEN CIRCLE ARROWS}",
             style=discord.ButtonStyle.secondary, custom_id=REROLL_ID.format(job_id=job_id)))
         self.job_id = job_id
 
@@ -81,7 +90,7 @@ class ForgetButton(discord.ui.DynamicItem[discord.ui.Button],
 
     def __init__(self, confirmed: bool, user_id: int, label: str = "") -> None:
         super().__init__(discord.ui.Button(
-            label=label or ("Delete everything" if confirmed else "Keep"),
+            label=label or render(CONFIRM_LABEL if confirmed else KEEP_LABEL),
             style=discord.ButtonStyle.danger if confirmed else discord.ButtonStyle.secondary,
             custom_id=f"svibot:forget:{'yes' if confirmed else 'no'}:{user_id}"))
         self.confirmed = confirmed
@@ -106,24 +115,24 @@ def forget_view(user_id: int, confirm_label: str, keep_label: str) -> discord.ui
     return view
 
 
-def status_view(job_id: int, *, active: bool) -> discord.ui.View:
+def status_view(job_id: int, *, active: bool, lang: str | None = None) -> discord.ui.View:
     """Buttons under a job's status message: Cancel while it runs, Re-roll always."""
     view = discord.ui.View(timeout=None)
     if active:
-        view.add_item(CancelButton(job_id))
-    view.add_item(RerollButton(job_id))
+        view.add_item(CancelButton(job_id, lang))
+    view.add_item(RerollButton(job_id, lang))
     return view
 
 
-class StoryModal(discord.ui.Modal, title="Make a story"):
+class StoryModal(discord.ui.Modal):
     """Asks for the prompts when a story starts from an image in the channel (context menu)."""
 
-    prompts: discord.ui.TextInput = discord.ui.TextInput(
-        label="Prompts, one per segment, separated by |", style=discord.TextStyle.paragraph,
-        placeholder="walk | run | fly", max_length=PROMPTS_MAX_CHARS)
-
-    def __init__(self, image: discord.Attachment) -> None:
-        super().__init__(timeout=15 * 60)
+    def __init__(self, image: discord.Attachment, lang: str | None = None) -> None:
+        super().__init__(title=render(MODAL_TITLE, lang), timeout=15 * 60)
+        self.prompts: discord.ui.TextInput = discord.ui.TextInput(
+            label=render(MODAL_LABEL, lang), style=discord.TextStyle.paragraph,
+            placeholder=render(MODAL_EXAMPLE, lang), max_length=PROMPTS_MAX_CHARS)
+        self.add_item(self.prompts)
         self.image = image
 
     async def on_submit(self, interaction: discord.Interaction) -> None:

@@ -1,7 +1,9 @@
 """Platform-neutral use cases behind the chat commands: start a story, re-roll, cancel, status, queue.
 
-Adapters parse their platform's messages, call these, and render the result or the error text.
-Refusals are `access.AccessDenied`; bad input is `storage.errors.InputError`; both read well as replies.
+Adapters parse their platform's messages, call these, and render the result or the error text in the
+user's language (`i18n.render`). Refusals are `access.AccessDenied`; bad input is
+`storage.errors.InputError`; both read well as replies. Nothing here knows the user's language: texts
+come back as `Text` values, and a job remembers its requester's language in `meta` (set by the adapter).
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ from storage.options import check_story_options, split_options
 from storage.queue import JobQueue
 from storage.validate import parse_prompts
 
-from . import access, texts, user_settings
+from . import access, admin_texts, texts, user_settings
 from .config import BotConfig
+from .i18n import Lines, Text
 
 log = logging.getLogger(__name__)
 MAX_SEED = 2**31 - 1
@@ -74,7 +77,7 @@ class Queued:
     workers_online: int
 
     @property
-    def text(self) -> str:
+    def text(self) -> Lines:
         return texts.queued_text(self.job.id, self.position, self.eta_s, self.workers_online)
 
 
@@ -143,7 +146,7 @@ async def describe_queued(queue: JobQueue, job: Job) -> Queued:
 
 
 async def _job_here(queue: JobQueue, config: BotConfig, job_id: int, *, platform: str, user_id: str,
-                    chat_id: str | None, verb: str) -> Job:
+                    chat_id: str | None, action: str) -> Job:
     """The job a button or command acts on, if `user_id` may act on it from `chat_id`.
 
     A job of another platform does not exist here. Only the owner or an admin may act, and a
@@ -154,11 +157,11 @@ async def _job_here(queue: JobQueue, config: BotConfig, job_id: int, *, platform
     except JobNotFound:
         job = None
     if job is None or job.platform != platform:
-        raise UnknownJob(texts.no_such_job_text(job_id, verb))
+        raise UnknownJob(texts.no_such_job_text(job_id, action))
     if job.user_id != str(user_id) and not access.is_admin(config, user_id):
-        raise access.AccessDenied(texts.not_your_job_text(job_id, verb))
+        raise access.AccessDenied(texts.not_your_job_text(job_id, action))
     if chat_id is not None and job.chat_id != str(chat_id):
-        raise access.AccessDenied(texts.other_chat_text(job_id, verb))
+        raise access.AccessDenied(texts.other_chat_text(job_id, action))
     return job
 
 
@@ -169,7 +172,7 @@ async def reroll(queue: JobQueue, config: BotConfig, job_id: int, *, platform: s
     Only the job's owner or an admin may, and only from the chat the job belongs to.
     """
     old = await _job_here(queue, config, job_id, platform=platform, user_id=user_id, chat_id=chat_id,
-                          verb="re-roll")
+                          action="reroll")
     photo = (await queue.local_file(old.photo_path, job_id=old.id)).read_bytes()
     settings = {k: v for k, v in old.settings.items() if k != "seed"}
     return await start_story(queue, config, StoryRequest(
@@ -180,7 +183,7 @@ async def reroll(queue: JobQueue, config: BotConfig, job_id: int, *, platform: s
 
 
 async def cancel(queue: JobQueue, config: BotConfig, *, platform: str, user_id: str,
-                 job_id: int | None, chat_id: str | None = None) -> str:
+                 job_id: int | None, chat_id: str | None = None) -> Text:
     """Cancel `job_id`, or the user's only active job; returns the reply text.
 
     Raises AccessDenied when the job belongs to someone else (admins may cancel any job) or,
@@ -193,10 +196,10 @@ async def cancel(queue: JobQueue, config: BotConfig, *, platform: str, user_id: 
         job_id = active[0].id
     try:
         await _job_here(queue, config, job_id, platform=platform, user_id=user_id, chat_id=chat_id,
-                        verb="cancel")
+                        action="cancel")
         job = await queue.cancel(job_id, by_user=user_id, is_admin=access.is_admin(config, user_id))
     except UnknownJob as err:
-        return str(err)
+        return err.args[0]
     except JobNotFound:
         return texts.no_such_job_text(job_id, "cancel")
     except NotAllowed:
@@ -204,7 +207,7 @@ async def cancel(queue: JobQueue, config: BotConfig, *, platform: str, user_id: 
     return texts.cancelled_reply(job)
 
 
-async def _job_lines(queue: JobQueue, jobs: list[Job]) -> list[str]:
+async def _job_lines(queue: JobQueue, jobs: list[Job]) -> list[Text]:
     stats = await queue.stats()
     lines = []
     for job in jobs:
@@ -214,7 +217,7 @@ async def _job_lines(queue: JobQueue, jobs: list[Job]) -> list[str]:
     return lines
 
 
-async def status(queue: JobQueue, *, platform: str, user_id: str, recent: int = 5) -> str:
+async def status(queue: JobQueue, *, platform: str, user_id: str, recent: int = 5) -> Text | Lines:
     """The user's active jobs plus a few recent ones, and whether a worker is online."""
     jobs = await queue.jobs_for_user(platform, user_id)
     active = [j for j in jobs if j.state in ACTIVE_STATES]
@@ -224,24 +227,24 @@ async def status(queue: JobQueue, *, platform: str, user_id: str, recent: int = 
     return texts.status_text(await _job_lines(queue, shown), stats.workers_online)
 
 
-async def queue_overview(queue: JobQueue, config: BotConfig, *, user_id: str, limit: int = 30) -> str:
+async def queue_overview(queue: JobQueue, config: BotConfig, *, user_id: str, limit: int = 30) -> Lines:
     """The whole queue, for admins only (raises AdminsOnly otherwise)."""
     access.check_admin(config, user_id)
     jobs = await queue.list_jobs(ACTIVE_STATES, limit=limit)
-    lines = [f"{line} (user {job.platform}:{job.user_id})"
-             for job, line in zip(jobs, await _job_lines(queue, jobs))]
+    lines = [admin_texts.queue_line(line, job) for job, line in zip(jobs, await _job_lines(queue, jobs))]
     stats = await queue.stats()
-    return texts.queue_text(lines, stats.workers_online, [texts.worker_line(w) for w in await queue.workers()])
+    return admin_texts.queue_text(lines, stats.workers_online,
+                                  [admin_texts.worker_line(w) for w in await queue.workers()])
 
 
-async def usage_stats(queue: JobQueue, config: BotConfig, *, user_id: str, days: int = 7) -> str:
+async def usage_stats(queue: JobQueue, config: BotConfig, *, user_id: str, days: int = 7) -> Lines:
     """/stats: usage of the last `days` days, for admins only (raises AdminsOnly otherwise)."""
     access.check_admin(config, user_id)
-    return texts.stats_text(await queue.usage_report(days=days))
+    return admin_texts.stats_text(await queue.usage_report(days=days))
 
 
 async def help_text(queue: JobQueue, config: BotConfig, *, command_prefix: str = "/",
-                    how_to: list[str] | None = None) -> str:
+                    how_to: list[Text | str] | None = None) -> Lines:
     stats = await queue.stats()
     return texts.help_text(config.limits, queue_length=stats.queued + stats.running,
                            workers_online=stats.workers_online, command_prefix=command_prefix, how_to=how_to)

@@ -23,6 +23,7 @@ from storage.models import ACTIVE_STATES, Event, Job
 from storage.queue import JobQueue
 
 from . import media, texts
+from .i18n import job_language, render
 
 log = logging.getLogger(__name__)
 
@@ -197,39 +198,44 @@ class Outbox:
 
     # -- one event -------------------------------------------------------------------------------
     async def _deliver(self, event: Event, job: Job) -> tuple[bool, str | None]:
-        """Returns (done, message id); done=False leaves the event pending for a later round."""
+        """Returns (done, message id); done=False leaves the event pending for a later round.
+
+        Texts are rendered in the language the job was requested in (`job_language`), as long after
+        the request as the worker takes.
+        """
         p = event.payload
+        lang = job_language(job)
         if event.kind == "position":
             eta = (await self.queue.stats()).eta_seconds(await self.queue.segments_ahead(job.id))
-            text = texts.position_text(job.id, int(p["position"]), eta)
+            text = render(texts.position_text(job.id, int(p["position"]), eta), lang)
             return await self._status(job, text, wait=False)
         if event.kind == "progress" and "paused" in p:  # the story goes on later, nothing was lost
-            return await self._status(job, texts.paused_text(job.id, int(p.get("segments_done", 0)),
-                                                             str(p["paused"])), wait=True, active=True)
+            text = render(texts.paused_text(job.id, int(p.get("segments_done", 0)), str(p["paused"])), lang)
+            return await self._status(job, text, wait=True, active=True)
         if event.kind == "progress":
-            text = texts.progress_text(job.id, int(p["segment"]), int(p["num_segments"]), int(p["step"]),
-                                       int(p["num_steps"]), p.get("eta_s"))
+            text = render(texts.progress_text(job.id, int(p["segment"]), int(p["num_segments"]), int(p["step"]),
+                                              int(p["num_steps"]), p.get("eta_s")), lang)
             return await self._status(job, text, wait=False, preview=_preview(event))
         if event.kind == "segment":
             index, n = int(p["index"]), int(p["num_segments"])
-            await self._status(job, texts.uploading_text(job.id, index, n), wait=False, active=True)
-            caption = texts.segment_caption(index, n, str(p["prompt"]))
+            await self._status(job, render(texts.uploading_text(job.id, index, n), lang), wait=False, active=True)
+            caption = render(texts.segment_caption(index, n, str(p["prompt"])), lang)
             return True, await self._once(event, "video", lambda: self._video(job, str(p["video_path"]), caption))
         if event.kind == "done":
             n = int(p.get("num_segments", job.num_segments))
             duration = float(p.get("duration_s", 0.0))
             final = str(p.get("final_path") or job.final_path or "")
-            message_id = await self._once(
-                event, "video", lambda: self._video(job, final, texts.story_caption(n, duration)))
-            await self._status(job, texts.done_text(job.id, n, duration), wait=True, active=False)
+            caption = render(texts.story_caption(n, duration), lang)
+            message_id = await self._once(event, "video", lambda: self._video(job, final, caption))
+            await self._status(job, render(texts.done_text(job.id, n, duration), lang), wait=True, active=False)
             return True, message_id
         if event.kind == "failed":
-            text = texts.failed_text(job.id, str(p.get("error", "unknown error")))
+            text = render(texts.failed_text(job.id, str(p.get("error", "unknown error"))), lang)
             message_id = await self._once(event, "text", lambda: self.deliverer.send_text(job, text))
             await self._status(job, text, wait=True, active=False)
             return True, message_id
         if event.kind == "cancelled":
-            text = texts.cancelled_text(job.id, int(p.get("segments_done", 0)))
+            text = render(texts.cancelled_text(job.id, int(p.get("segments_done", 0))), lang)
             return await self._status(job, text, wait=True, active=False)
         raise Undeliverable(f"unknown event kind {event.kind!r}")
 
@@ -250,8 +256,8 @@ class Outbox:
         limit = self.deliverer.upload_limit(job)
         fitted = await media.fit_video(path, limit)
         if fitted is None:
-            return await self.deliverer.send_text(
-                job, caption + "\n" + texts.too_big_text("This video", path.stat().st_size, limit))
+            refusal = render(texts.video_too_big_text(path.stat().st_size, limit), job_language(job))
+            return await self.deliverer.send_text(job, caption + "\n" + refusal)
         return await self.deliverer.send_video(job, fitted, caption)
 
     async def _status(self, job: Job, text: str, *, wait: bool, active: bool | None = None,

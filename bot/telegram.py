@@ -27,10 +27,11 @@ from storage.models import Job
 from storage.queue import JobQueue
 
 from . import telegram_handlers as h
-from . import telegram_settings
+from . import telegram_forget, telegram_settings
 from storage.redact import add_secret
 
 from .config import BotConfig, TelegramConfig
+from .i18n import _, job_language, languages, render
 from .outbox import Outbox, OutboxConfig, RetryLater, Undeliverable
 from . import texts
 from .texts import TELEGRAM_CAPTION_CHARS, TELEGRAM_MESSAGE_CHARS, fit
@@ -38,16 +39,21 @@ from .texts import TELEGRAM_CAPTION_CHARS, TELEGRAM_MESSAGE_CHARS, fit
 log = logging.getLogger(__name__)
 
 COMMANDS = [
-    BotCommand("story", "make a video story from a photo: /story a | b | c"),
-    BotCommand("status", "your jobs, queue position and ETA"),
-    BotCommand("cancel", "cancel your job: /cancel [job]"),
-    BotCommand("settings", "your defaults: quality, loop, colour match, chaining, seed"),
-    BotCommand("help", "how to use the bot, limits and queue length"),
-    BotCommand("forget", "delete all your jobs, photos and videos now"),
-    BotCommand("queue", "the whole queue (admins)"),
-    BotCommand("stats", "usage of the last 7 days (admins)"),
-    BotCommand("whoami", "your user id and this chat's id"),
+    ("story", _("make a video story from a photo: /story a | b | c")),
+    ("status", _("your jobs, queue position and ETA")),
+    ("cancel", _("cancel your job: /cancel [job]")),
+    ("settings", _("your defaults: quality, loop, colour match, chaining, seed")),
+    ("help", _("how to use the bot, limits and queue length")),
+    ("forget", _("delete all your jobs, photos and videos now")),
+    ("queue", _("the whole queue (admins)")),
+    ("stats", _("usage of the last 7 days (admins)")),
+    ("whoami", _("your user id and this chat's id")),
 ]
+
+
+def bot_commands(lang: str | None = None) -> list[BotCommand]:
+    """The command menu in one language; Telegram shows each user the list for their app's language."""
+    return [BotCommand(name, render(description, lang)) for name, description in COMMANDS]
 UPLOAD_TIMEOUT_S = 600.0  # a 50 MB upload on a slow Colab uplink takes minutes
 RATE_LIMIT_RETRIES = 2  # 429s that PTB waits out per request before the outbox takes over
 TOKEN_REJECTED = "the Telegram token was rejected; check TELEGRAM_BOT_TOKEN"
@@ -96,7 +102,7 @@ class TelegramDeliverer:
     async def _show_preview(self, job: Job, status_message_id: int, jpeg: bytes) -> None:
         """One photo message under the status message, its image replaced by editMessageMedia."""
         name = f"preview_{job.id}.jpg"
-        caption = fit(texts.preview_caption(job.id), TELEGRAM_CAPTION_CHARS)
+        caption = fit(render(texts.preview_caption(job.id), job_language(job)), TELEGRAM_CAPTION_CHARS)
         known = self._previews.get(job.id)
         if known is not None:
             try:
@@ -115,7 +121,7 @@ class TelegramDeliverer:
 
     async def _show_text(self, job: Job, text: str, *, active: bool) -> str:
         text = fit(text, TELEGRAM_MESSAGE_CHARS)
-        markup = h.job_buttons(job.id, active=active)
+        markup = h.job_buttons(job.id, active=active, lang=job_language(job))
         if job.status_message_id is not None:
             try:
                 await self._call(lambda: self.bot.edit_message_text(
@@ -180,8 +186,8 @@ def build_application(config: TelegramConfig, bot_config: BotConfig, queue: JobQ
     app.add_handler(MessageHandler(photo_or_file & ~story_caption, h.remember_photo))
     app.add_handler(CallbackQueryHandler(h.button, pattern=r"^(cancel|reroll):"))
     app.add_handler(CallbackQueryHandler(telegram_settings.settings_button, pattern=telegram_settings.CALLBACK_PATTERN))
-    app.add_handler(CommandHandler("forget", h.forget_command))
-    app.add_handler(CallbackQueryHandler(h.forget_button, pattern=r"^forget:"))
+    app.add_handler(CommandHandler("forget", telegram_forget.forget_command))
+    app.add_handler(CallbackQueryHandler(telegram_forget.forget_button, pattern=telegram_forget.CALLBACK_PATTERN))
     app.add_error_handler(h.on_error)
     return app
 
@@ -203,8 +209,11 @@ async def run_telegram(config: TelegramConfig, bot_config: BotConfig, queue: Job
             await app.start()
             await app.updater.start_polling(
                 timeout=int(config.poll_timeout_s), allowed_updates=["message", "callback_query"])
-            try:
-                await app.bot.set_my_commands(COMMANDS)
+            try:  # the default (English) menu, then one per catalogue for users of that language
+                await app.bot.set_my_commands(bot_commands())
+                for lang in languages()[1:]:
+                    if len(lang) == 2:  # Telegram takes a two-letter ISO 639-1 code here, not a region
+                        await app.bot.set_my_commands(bot_commands(lang), language_code=lang)
             except NetworkError:  # a cosmetic menu; the bot works without it
                 log.warning("could not set the command menu", exc_info=True)
             log.info("telegram bot @%s is polling %s", app.bot.username, config.api_base_url)

@@ -24,9 +24,10 @@ from storage.errors import InputError, PhotoTooLarge
 from storage.queue import JobQueue
 from storage.validate import check_photo_size
 
-from . import forget, intake, texts
+from . import intake, texts
 from .access import AccessDenied, check_allowed
 from .config import BotConfig, TelegramConfig
+from .i18n import _, job_meta, render
 from .outbox import STATUS_REPLY_META
 from .texts import TELEGRAM_CALLBACK_ANSWER_CHARS, TELEGRAM_MESSAGE_CHARS, fit
 
@@ -89,11 +90,21 @@ def deps(context: ContextTypes.DEFAULT_TYPE) -> TelegramDeps:
     return context.application.bot_data[DEPS_KEY]
 
 
-def job_buttons(job_id: int, *, active: bool) -> InlineKeyboardMarkup:
+CANCEL_LABEL = _("❌ Cancel")
+REROLL_LABEL = _("🔁 Re-roll")
+
+
+def language(update: Update) -> str | None:
+    """The language the user's Telegram app is set to (an IETF tag such as "de" or "pt-br"), if it says."""
+    user = update.effective_user
+    return user.language_code if user is not None else None
+
+
+def job_buttons(job_id: int, *, active: bool, lang: str | None = None) -> InlineKeyboardMarkup:
     """❌ Cancel while the job may still run, 🔁 Re-roll always."""
-    row = [InlineKeyboardButton("🔁 Re-roll", callback_data=f"reroll:{job_id}")]
+    row = [InlineKeyboardButton(render(REROLL_LABEL, lang), callback_data=f"reroll:{job_id}")]
     if active:
-        row.insert(0, InlineKeyboardButton("❌ Cancel", callback_data=f"cancel:{job_id}"))
+        row.insert(0, InlineKeyboardButton(render(CANCEL_LABEL, lang), callback_data=f"cancel:{job_id}"))
     return InlineKeyboardMarkup([row])
 
 
@@ -139,9 +150,9 @@ def photo_ref(message: Message | None) -> PhotoRef | None:
     return None
 
 
-async def reply(message: Message, text: str, **kwargs: Any) -> Message:
-    """Reply with `text` cut to Telegram's message limit."""
-    return await message.reply_text(fit(text, TELEGRAM_MESSAGE_CHARS), **kwargs)
+async def reply(message: Message, text: Any, lang: str | None, **kwargs: Any) -> Message:
+    """Reply with `text` (a `Text`, a refusal or an input error) in `lang`, cut to Telegram's message limit."""
+    return await message.reply_text(fit(render(text, lang), TELEGRAM_MESSAGE_CHARS), **kwargs)
 
 
 async def _download(context: ContextTypes.DEFAULT_TYPE, ref: PhotoRef) -> bytes:
@@ -183,23 +194,24 @@ async def _start_story(update: Update, context: ContextTypes.DEFAULT_TYPE, text:
     """Checks, download, enqueue, then the queued reply that becomes the job's status message."""
     d = deps(context)
     message, user, chat = update.effective_message, update.effective_user, update.effective_chat
+    lang = language(update)
     try:
         if ref is None:
-            await reply(message, texts.NO_PHOTO)
+            await reply(message, texts.NO_PHOTO, lang)
             return
         await intake.preflight(d.queue, d.bot_config, platform=PLATFORM, user_id=str(user.id),
                                chat_id=str(chat.id), text=text)
         photo = await _download(context, ref)
         queued = await intake.start_story(d.queue, d.bot_config, intake.StoryRequest(
             platform=PLATFORM, chat_id=str(chat.id), user_id=str(user.id), text=text, photo=photo,
-            meta={STATUS_REPLY_META: True, "message_id": message.message_id},
+            meta={STATUS_REPLY_META: True, "message_id": message.message_id, **job_meta(lang)},
         ))
     except (AccessDenied, InputError) as err:
-        await reply(message, str(err))
+        await reply(message, err, lang)
         return
     d.photos.forget(chat.id)
     sent = await send_patiently(
-        lambda: reply(message, queued.text, reply_markup=job_buttons(queued.job.id, active=True)))
+        lambda: reply(message, queued.text, lang, reply_markup=job_buttons(queued.job.id, active=True, lang=lang)))
     await d.queue.set_status_message(queued.job.id, str(sent.message_id))
 
 
@@ -218,9 +230,10 @@ async def gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         check_allowed(d.bot_config, user.id, chat.id if chat is not None else ())
     except AccessDenied as err:
         if update.callback_query is not None:
-            await update.callback_query.answer(fit(str(err), TELEGRAM_CALLBACK_ANSWER_CHARS), show_alert=True)
+            await update.callback_query.answer(fit(render(err, language(update)), TELEGRAM_CALLBACK_ANSWER_CHARS),
+                                               show_alert=True)
         elif update.effective_message is not None and _is_command(update.effective_message):
-            await reply(update.effective_message, str(err))
+            await reply(update.effective_message, err, language(update))
         raise ApplicationHandlerStop from None
 
 
@@ -262,21 +275,21 @@ async def remember_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
 async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/start and /help: usage, limits and the queue length."""
     d = deps(context)
-    await reply(update.effective_message, await intake.help_text(d.queue, d.bot_config))
+    await reply(update.effective_message, await intake.help_text(d.queue, d.bot_config), language(update))
 
 
 async def whoami_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/whoami: the user's and the chat's ids. Answered for everyone: it shows only the asker's own ids,
     and it is how an operator finds the id to allow."""
     user, chat = update.effective_user, update.effective_chat
-    await update.effective_message.reply_text(texts.whoami_text("Telegram", user.id, [("chat", chat.id)]))
+    await reply(update.effective_message, texts.whoami_text("Telegram", user.id, [("chat", chat.id)]), language(update))
 
 
 async def status_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/status: your jobs with state, position and ETA, and whether a worker is online."""
     d = deps(context)
     text = await intake.status(d.queue, platform=PLATFORM, user_id=str(update.effective_user.id))
-    await reply(update.effective_message, text)
+    await reply(update.effective_message, text, language(update))
 
 
 async def cancel_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -286,15 +299,15 @@ async def cancel_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     job_id = None
     if context.args:
         if not context.args[0].lstrip("#").isdigit():
-            await reply(message, texts.bad_job_id_text(context.args[0]))
+            await reply(message, texts.bad_job_id_text(context.args[0]), language(update))
             return
         job_id = int(context.args[0].lstrip("#"))
     try:
         text = await intake.cancel(d.queue, d.bot_config, platform=PLATFORM,
                                    user_id=str(update.effective_user.id), job_id=job_id)
     except AccessDenied as err:
-        text = str(err)
-    await reply(message, text)
+        text = err
+    await reply(message, text, language(update))
 
 
 async def _admin_reply(update: Update, context: ContextTypes.DEFAULT_TYPE, report) -> None:
@@ -303,8 +316,8 @@ async def _admin_reply(update: Update, context: ContextTypes.DEFAULT_TYPE, repor
     try:
         text = await report(d.queue, d.bot_config, user_id=str(update.effective_user.id))
     except AccessDenied as err:
-        text = str(err)
-    await reply(update.effective_message, text)
+        text = err
+    await reply(update.effective_message, text, language(update))
 
 
 async def queue_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -317,68 +330,37 @@ async def stats_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
     await _admin_reply(update, context, intake.usage_stats)
 
 
-async def forget_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/forget: ask before deleting every job and file of the asking user (the buttons do it)."""
-    d = deps(context)
-    user_id = update.effective_user.id
-    text, anything = await forget.ask(d.queue, platform=PLATFORM, user_id=str(user_id))
-    markup = InlineKeyboardMarkup([[
-        InlineKeyboardButton(forget.CONFIRM_LABEL, callback_data=f"forget:yes:{user_id}"),
-        InlineKeyboardButton(forget.KEEP_LABEL, callback_data=f"forget:no:{user_id}")]]) if anything else None
-    await reply(update.effective_message, text, reply_markup=markup)
-
-
-async def forget_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """The /forget question's buttons: only the user who asked may answer; the question becomes the result."""
-    d = deps(context)
-    query = update.callback_query
-    _, answer, owner = (query.data or "").split(":", 2) if (query.data or "").count(":") == 2 else ("", "", "")
-    if str(query.from_user.id) != owner:
-        await query.answer(forget.NOT_YOURS, show_alert=True)
-        return
-    if answer == "yes":
-        text = await forget.forget(d.queue, platform=PLATFORM, user_id=owner)
-        d.photos.forget(update.effective_chat.id)  # the chat's remembered photo, if any
-    else:
-        text = forget.KEPT
-    await query.answer()
-    if query.message is not None:
-        try:  # the question turns into the outcome, without buttons, so it cannot be pressed twice
-            await query.edit_message_text(fit(text, TELEGRAM_MESSAGE_CHARS))
-        except BadRequest as err:
-            log.info("could not edit the /forget question: %s", err)
-
-
 async def button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """The ❌ Cancel and 🔁 Re-roll buttons under a status message. Every press is answered once."""
     query = update.callback_query
     try:
         answer, alert = await _press(update, context)
     except (AccessDenied, InputError) as err:
-        answer, alert = str(err), True
+        answer, alert = err, True
     except Exception:
         log.exception("button %r failed", query.data)
         answer, alert = texts.INTERNAL_ERROR, True
-    await query.answer(fit(answer, TELEGRAM_CALLBACK_ANSWER_CHARS), show_alert=alert)
+    await query.answer(fit(render(answer, language(update)), TELEGRAM_CALLBACK_ANSWER_CHARS), show_alert=alert)
 
 
-async def _press(update: Update, context: ContextTypes.DEFAULT_TYPE) -> tuple[str, bool]:
+async def _press(update: Update, context: ContextTypes.DEFAULT_TYPE) -> tuple[Any, bool]:
     """Act on a button press; returns (answer, show as alert)."""
     d = deps(context)
-    query, chat = update.callback_query, update.effective_chat
-    action, _, raw_id = (query.data or "").partition(":")
+    query, chat, lang = update.callback_query, update.effective_chat, language(update)
+    action, _sep, raw_id = (query.data or "").partition(":")
     if action not in ("cancel", "reroll") or not raw_id.isdigit() or chat is None:
-        return "This button is not valid any more.", False
+        return texts.BUTTON_EXPIRED, False
     user_id, chat_id = str(query.from_user.id), str(chat.id)
     if action == "cancel":
         return await intake.cancel(d.queue, d.bot_config, platform=PLATFORM, user_id=user_id,
                                    job_id=int(raw_id), chat_id=chat_id), False
     queued = await intake.reroll(d.queue, d.bot_config, int(raw_id), platform=PLATFORM, user_id=user_id,
-                                 chat_id=chat_id, meta={STATUS_REPLY_META: True})
+                                 chat_id=chat_id, meta={STATUS_REPLY_META: True, **job_meta(lang)})
     sent = await send_patiently(lambda: context.bot.send_message(
-        chat.id, fit(queued.text, TELEGRAM_MESSAGE_CHARS), reply_markup=job_buttons(queued.job.id, active=True)))
+        chat.id, fit(render(queued.text, lang), TELEGRAM_MESSAGE_CHARS),
+        reply_markup=job_buttons(queued.job.id, active=True, lang=lang)))
     await d.queue.set_status_message(queued.job.id, str(sent.message_id))
-    return f"Queued job #{queued.job.id}.", False
+    return texts.requeued_text(queued.job.id), False
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -386,6 +368,6 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     log.error("error while handling an update", exc_info=context.error)
     if isinstance(update, Update) and update.effective_message is not None:
         try:
-            await reply(update.effective_message, texts.INTERNAL_ERROR)
+            await reply(update.effective_message, texts.INTERNAL_ERROR, language(update))
         except Exception:  # the chat may be unreachable; the error is already logged
             log.warning("could not tell the user about the error", exc_info=True)

@@ -1,15 +1,20 @@
 """Every user-facing string of the chat bots, as plain functions of the values they show.
 
+Each returns a `Text` (or `Lines` of them) in no language yet: the adapter renders it with
+`i18n.render(text, lang)` in the language of the user it answers (bot/i18n.py). The English msgids
+here are the source of the catalogues under bot/locale.
+
 Texts are plain (no Markdown/HTML) so user prompts need no escaping on any platform. Whatever
 quotes user input quotes a short excerpt, and `fit` cuts any text to a platform's length limit.
 """
 from __future__ import annotations
 
 from storage.config import Limits
-from storage.models import Job, UsageReport
+from storage.models import Job
 from storage.redact import redact
 from storage.validate import excerpt
-from storage.workers import WorkerStatus
+
+from .i18n import Lines, Text, _, _n, _p
 
 # Platform length limits. Telegram and Discord count characters; a character outside the BMP may
 # count twice, so `fit` counts UTF-16 code units, which is never less.
@@ -24,20 +29,19 @@ BAR_WIDTH = 10
 
 # What the story options do, for /help (the Discord bot offers them as parameters too).
 OPTIONS_HELP = [
-    "loop: the last segment ends on the photo, so the video plays seamlessly on repeat. Only the last "
-    "segment changes. loop:0.8 (any strength above 0, at most 1) loosens the end for more motion.",
-    "color:anchor keeps every later segment on the photo's colours, against colour drift in long stories "
-    "(default color:off).",
-    "Options written here win over your defaults in /settings.",
+    _("loop: the last segment ends on the photo, so the video plays seamlessly on repeat. Only the last "
+      "segment changes. loop:0.8 (any strength above 0, at most 1) loosens the end for more motion."),
+    _("color:anchor keeps every later segment on the photo's colours, against colour drift in long stories "
+      "(default color:off)."),
+    _("Options written here win over your defaults in /settings."),
 ]
 
-RESPONSIBLE_USE = (
-    "Use only photos you have the right to use. No sexual content involving real people "
-    "and no impersonation of real people. The operator decides who may use the bot."
-)
+RESPONSIBLE_USE = _("Use only photos you have the right to use. No sexual content involving real people "
+                    "and no impersonation of real people. The operator decides who may use the bot.")
 
 # Neutral on purpose: it neither repeats the word nor says which rule matched.
-STORY_REFUSED = "This story can't be made here. Please change its wording and try again."
+STORY_REFUSED = _("This story can't be made here. Please change its wording and try again.")
+BUTTON_EXPIRED = _("This button is not valid any more.")
 
 
 def utf16_len(text: str) -> int:
@@ -57,52 +61,55 @@ def fit(text: str, limit: int) -> str:
     return "".join(out).rstrip() + ELLIPSIS
 
 
-def minutes(seconds: float | None) -> str:
+def minutes(seconds: float | None) -> Text:
     """Round an ETA to whole minutes for display; unknown ETAs say so."""
     if seconds is None:
-        return "unknown"
-    return f"~{max(1, round(seconds / 60))} min"
+        return _p("ETA", "unknown")
+    return _("~{n} min", n=max(1, round(seconds / 60)))
 
 
 def help_text(limits: Limits, *, queue_length: int, workers_online: int, command_prefix: str = "/",
-              how_to: list[str] | None = None) -> str:
+              how_to: list[Text] | None = None) -> Lines:
     """`how_to` replaces the example lines for platforms whose commands look different."""
-    worker = "a GPU worker is online" if workers_online else "no GPU worker is online right now"
+    worker = _("a GPU worker is online") if workers_online else _("no GPU worker is online right now")
     p = command_prefix
     if how_to is None:
-        how_to = [f"Example: a photo with the caption  {p}story a cat walks | the cat runs | the cat flies",
-                  f"You can also reply {p}story ... to a photo, or send a photo and then {p}story ...",
+        how_to = [_("Example: a photo with the caption  {p}story a cat walks | the cat runs | the cat flies", p=p),
+                  _("You can also reply {p}story ... to a photo, or send a photo and then {p}story ...", p=p),
                   "",
-                  f"Options go before the prompts, e.g.  {p}story loop: color:anchor walk | run | fly",
+                  _("Options go before the prompts, e.g.  {p}story loop: color:anchor walk | run | fly", p=p),
                   *OPTIONS_HELP]
-    return "\n".join([
-        "Send a photo and a story; each part between | becomes one video segment.",
+    return Lines([
+        _("Send a photo and a story; each part between | becomes one video segment."),
         "",
         *how_to,
         "",
-        f"Limits: up to {limits.max_segments} segments per story, about {SECONDS_PER_SEGMENT} s each; "
-        f"prompts up to {limits.max_prompt_chars} characters; photos up to "
-        f"{limits.max_photo_bytes // (1024 * 1024)} MB.",
-        f"Queue: {queue_length} job(s) waiting or running; {worker}.",
+        _("Limits: up to {segments} segments per story, about {seconds} s each; prompts up to {chars} characters; "
+          "photos up to {mb} MB.", segments=limits.max_segments, seconds=SECONDS_PER_SEGMENT,
+          chars=limits.max_prompt_chars, mb=limits.max_photo_bytes // (1024 * 1024)),
+        _n("Queue: {n} job waiting or running; {worker}.", "Queue: {n} jobs waiting or running; {worker}.",
+           queue_length, worker=worker),
         "",
-        f"{p}status: your jobs   {p}cancel [job]: cancel a job   {p}help: this text",
-        f"{p}forget: delete all your jobs, photos and videos now (asks first)",
+        _("{p}status: your jobs   {p}cancel [job]: cancel a job   {p}help: this text", p=p),
+        _("{p}forget: delete all your jobs, photos and videos now (asks first)", p=p),
         "",
         RESPONSIBLE_USE,
     ])
 
 
-def queued_text(job_id: int, position: int | None, eta_s: float | None, workers_online: int) -> str:
-    text = f"Queued: job #{job_id}, position {position if position is not None else '?'}, ETA {minutes(eta_s)}"
+def queued_text(job_id: int, position: int | None, eta_s: float | None, workers_online: int) -> Lines:
+    lines: list[Text] = [_("Queued: job #{job}, position {position}, ETA {eta}", job=job_id,
+                           position=position if position is not None else "?", eta=minutes(eta_s))]
     if not workers_online:
-        text += "\nNo GPU worker is online right now; your job is queued and starts when one comes online."
-    return text
+        lines.append(_("No GPU worker is online right now; your job is queued and starts when one comes online."))
+    return Lines(lines)
 
 
-def position_text(job_id: int, position: int, eta_s: float | None) -> str:
+def position_text(job_id: int, position: int, eta_s: float | None) -> Text:
     if position <= 0:
-        return f"Job #{job_id}: starting..."
-    return f"Job #{job_id}: waiting, position {position} in the queue, ETA {minutes(eta_s)}"
+        return _("Job #{job}: starting...", job=job_id)
+    return _("Job #{job}: waiting, position {position} in the queue, ETA {eta}", job=job_id, position=position,
+             eta=minutes(eta_s))
 
 
 def progress_bar(fraction: float, width: int = BAR_WIDTH) -> str:
@@ -111,209 +118,191 @@ def progress_bar(fraction: float, width: int = BAR_WIDTH) -> str:
 
 
 def progress_text(job_id: int, segment: int, num_segments: int, step: int, num_steps: int,
-                  eta_s: float | None = None) -> str:
+                  eta_s: float | None = None) -> Lines:
     """`segment` is 0-based (as in the event payload); `step` is 1-based."""
     done = (segment + (step / num_steps if num_steps else 0)) / max(1, num_segments)
-    return (f"Job #{job_id}: generating {progress_bar(done)} {round(done * 100)}%\n"
-            f"segment {segment + 1}/{num_segments}, step {step}/{num_steps}, ETA {minutes(eta_s)}")
+    return Lines([
+        _("Job #{job}: generating {bar} {percent}%", job=job_id, bar=progress_bar(done), percent=round(done * 100)),
+        _("segment {segment}/{segments}, step {step}/{steps}, ETA {eta}", segment=segment + 1,
+          segments=num_segments, step=step, steps=num_steps, eta=minutes(eta_s)),
+    ])
 
 
-def preview_caption(job_id: int) -> str:
-    return f"Job #{job_id}: live preview (rough colours, from the step in progress)"
+def preview_caption(job_id: int) -> Text:
+    return _("Job #{job}: live preview (rough colours, from the step in progress)", job=job_id)
 
 
-def uploading_text(job_id: int, index: int, num_segments: int) -> str:
-    return f"Job #{job_id}: uploading segment {index + 1}/{num_segments}..."
+def uploading_text(job_id: int, index: int, num_segments: int) -> Text:
+    return _("Job #{job}: uploading segment {segment}/{segments}...", job=job_id, segment=index + 1,
+             segments=num_segments)
 
 
-def uploading_story_text(job_id: int) -> str:
-    return f"Job #{job_id}: uploading the whole story..."
+def done_text(job_id: int, num_segments: int, duration_s: float) -> Text:
+    return _n("Job #{job}: done, {n} segment, {seconds:.0f} s of video.",
+              "Job #{job}: done, {n} segments, {seconds:.0f} s of video.",
+              num_segments, job=job_id, seconds=float(duration_s))
 
 
-def done_text(job_id: int, num_segments: int, duration_s: float) -> str:
-    return f"Job #{job_id}: done, {num_segments} segment(s), {duration_s:.0f} s of video."
-
-
-def failed_text(job_id: int, error: str) -> str:
+def failed_text(job_id: int, error: str) -> Text:
     """The worker's error may quote a URL or a path; tokens in it never reach the chat."""
-    return f"Job #{job_id} failed: {redact(error)}"
+    return _("Job #{job} failed: {error}", job=job_id, error=redact(error))
 
 
-def paused_text(job_id: int, segments_done: int, reason: str) -> str:
-    return f"Job #{job_id} is paused after {segments_done} segment(s): {redact(reason)}"
+def paused_text(job_id: int, segments_done: int, reason: str) -> Text:
+    return _n("Job #{job} is paused after {n} segment: {reason}", "Job #{job} is paused after {n} segments: {reason}",
+              segments_done, job=job_id, reason=redact(reason))
 
 
-def cancelled_text(job_id: int, segments_done: int) -> str:
-    return f"Job #{job_id} was cancelled after {segments_done} segment(s)."
+def cancelled_text(job_id: int, segments_done: int) -> Text:
+    return _n("Job #{job} was cancelled after {n} segment.", "Job #{job} was cancelled after {n} segments.",
+              segments_done, job=job_id)
 
 
-def segment_caption(index: int, num_segments: int, prompt: str) -> str:
+def segment_caption(index: int, num_segments: int, prompt: str) -> Text:
     """`index` is 0-based."""
-    return f"Segment {index + 1}/{num_segments}: {prompt}"
+    return _("Segment {segment}/{segments}: {prompt}", segment=index + 1, segments=num_segments, prompt=prompt)
 
 
-def story_caption(num_segments: int, duration_s: float) -> str:
-    return f"Your story ({num_segments} segments, {duration_s:.0f} s)"
+def story_caption(num_segments: int, duration_s: float) -> Text:
+    return _n("Your story ({n} segment, {seconds:.0f} s)", "Your story ({n} segments, {seconds:.0f} s)",
+              num_segments, seconds=float(duration_s))
 
 
-def too_big_text(what: str, size_bytes: int, limit_bytes: int) -> str:
-    return (f"{what} is {size_bytes / 1e6:.1f} MB even after re-encoding, over the "
-            f"{limit_bytes / 1e6:.0f} MB upload limit here. Try a story with fewer segments.")
+def video_too_big_text(size_bytes: int, limit_bytes: int) -> Text:
+    return _("This video is {size:.1f} MB even after re-encoding, over the {limit:.0f} MB upload limit here. "
+             "Try a story with fewer segments.", size=size_bytes / 1e6, limit=limit_bytes / 1e6)
 
 
-def job_line(job: Job, position: int | None, eta_s: float | None) -> str:
+STATES = {"queued": _p("job state", "queued"), "running": _p("job state", "running"),
+          "done": _p("job state", "done"), "failed": _p("job state", "failed"),
+          "cancelled": _p("job state", "cancelled")}
+
+
+def state_name(state: str) -> Text | str:
+    return STATES.get(state, state)
+
+
+def job_line(job: Job, position: int | None, eta_s: float | None) -> Text:
     prompts = " | ".join(job.prompts)
     if len(prompts) > 60:
         prompts = prompts[:57] + "..."
     if job.state == "queued":
-        where = f"queued, position {position}, ETA {minutes(eta_s)}"
+        where: Text | str = _("queued, position {position}, ETA {eta}", position=position, eta=minutes(eta_s))
     elif job.state == "running":
-        where = f"running, ETA {minutes(eta_s)}"
+        where = _("running, ETA {eta}", eta=minutes(eta_s))
     else:
-        where = job.state
-    return f"#{job.id} {where}: {prompts}"
+        where = state_name(job.state)
+    return _("#{job} {where}: {prompts}", job=job.id, where=where, prompts=prompts)
 
 
-def status_text(lines: list[str], workers_online: int) -> str:
-    worker = "A GPU worker is online." if workers_online else "No GPU worker is online right now."
+def status_text(lines: list[Text], workers_online: int) -> Lines | Text:
+    worker = _("A GPU worker is online.") if workers_online else _("No GPU worker is online right now.")
     if not lines:
-        return f"You have no jobs. {worker}"
-    return "Your jobs:\n" + "\n".join(lines) + "\n" + worker
-
-
-def queue_text(lines: list[str], workers_online: int, worker_lines: list[str] = ()) -> str:
-    head = "The queue is empty." if not lines else "Queue:\n" + "\n".join(lines)
-    tail = "".join(f"\n  {w}" for w in worker_lines)
-    return f"{head}\nGPU workers online: {workers_online}.{tail}"
-
-
-def stats_text(report: UsageReport) -> str:
-    """/stats and `svibot stats`: usage over the report's days, oldest day first."""
-    lines = [f"Usage, last {len(report.days)} day(s) (UTC): stories / segments"]
-    lines += [f"  {d.date}: {d.stories} / {d.segments}" for d in report.days]
-    lines.append(f"Active users: {report.active_users}. Queue now: {report.queued} queued, {report.running} running.")
-    lines.append("Median seconds per segment:" if report.seconds_per_segment else "Median seconds per segment: no segments yet.")
-    lines += [f"  {t.preset} / {t.recipe}: {t.median_s:g} s ({t.segments} segment(s))" for t in report.seconds_per_segment]
-    lines.append("Failures:" if report.failures else "Failures: none.")
-    lines += [f"  {count} x {excerpt(reason, 80)}" for reason, count in report.failures]
-    refused = sum(count for _, count in report.refusals)
-    lines.append(f"Stories refused before queueing: {refused}"
-                 + (" (" + ", ".join(f"{reason}: {count}" for reason, count in report.refusals) + ")" if refused else "."))
-    return "\n".join(lines)
-
-
-def worker_line(w: WorkerStatus) -> str:
-    """One worker for /queue: where it runs, on what, and what it is doing."""
-    budget = f", {w.vram_gib:g} GiB" if w.vram_gib else ""
-    return f"{w.host} ({w.gpu or 'unknown GPU'}{budget}, {w.preset or 'any preset'}): {w.doing()}"
+        return _("You have no jobs. {worker}", worker=worker)
+    return Lines([_("Your jobs:"), *lines, worker])
 
 
 # -- refusals and replies ------------------------------------------------------------------------
 # Answered to everyone, allowlisted or not: they show only the asker's own ids, and an operator needs
 # them to fill the allowlist in the first place.
 OPEN_COMMANDS = ("whoami",)
+WHERE_NAMES = {"chat": _("This chat's id: {id}"), "channel": _("This channel's id: {id}"),
+               "server": _("This server's id: {id}")}
 
 
-def whoami_text(platform: str, user_id: str | int, where: list[tuple[str, str | int]]) -> str:
+def whoami_text(platform: str, user_id: str | int, where: list[tuple[str, str | int]]) -> Lines:
     """Your ids, so an operator can put theirs in SVIBOT_ALLOWED_USERS / SVIBOT_ADMINS (or the notebook's OPERATOR_ID)."""
-    lines = [f"Your {platform} user id: {user_id}"] + [f"This {name}'s id: {value}" for name, value in where]
-    lines.append(f"The operator lets you in with SVIBOT_ALLOWED_USERS={user_id} (and SVIBOT_ADMINS={user_id} "
-                 "for an admin); in the Colab notebook, put it in OPERATOR_ID.")
-    return "\n".join(lines)
+    return Lines([
+        _("Your {platform} user id: {id}", platform=platform, id=user_id),
+        *[Text(WHERE_NAMES[name].msgid, {"id": value}) for name, value in where],
+        _("The operator lets you in with SVIBOT_ALLOWED_USERS={id} (and SVIBOT_ADMINS={id} for an admin); "
+          "in the Colab notebook, put it in OPERATOR_ID.", id=user_id),
+    ])
 
 
-NOT_ALLOWED = "Sorry, this bot is private. The operator decides who may use it."
-NOT_ALLOWED_CHAT = "Sorry, this bot is not enabled in this chat. The operator decides where it may be used."
-ADMINS_ONLY = "Only the bot's admins may do that."
-NO_PHOTO = ("There is no photo for this story. Send a photo with the caption /story a | b | c, "
-            "reply /story ... to a photo, or send a photo first and then /story ...")
-DISK_FULL = ("The server's disk is full, so your story was not queued. Please try again later; "
-             "the operator has been told in the log.")
-TELEGRAM_FILE_TOO_BIG = ("The file is too big for Telegram to hand to bots (over 20 MB). "
-                         "Send a smaller or compressed photo.")
-INTERNAL_ERROR = "Sorry, something went wrong on my side. The error was logged; please try again later."
+NOT_ALLOWED = _("Sorry, this bot is private. The operator decides who may use it.")
+NOT_ALLOWED_CHAT = _("Sorry, this bot is not enabled in this chat. The operator decides where it may be used.")
+ADMINS_ONLY = _("Only the bot's admins may do that.")
+NO_PHOTO = _("There is no photo for this story. Send a photo with the caption /story a | b | c, "
+             "reply /story ... to a photo, or send a photo first and then /story ...")
+DISK_FULL = _("The server's disk is full, so your story was not queued. Please try again later; "
+              "the operator has been told in the log.")
+TELEGRAM_FILE_TOO_BIG = _("The file is too big for Telegram to hand to bots (over 20 MB). "
+                          "Send a smaller or compressed photo.")
+INTERNAL_ERROR = _("Sorry, something went wrong on my side. The error was logged; please try again later.")
 
 
-def active_limit_text(active: int, limit: int, job_ids: list[int]) -> str:
-    ids = ", ".join(f"#{i}" for i in job_ids)
-    return (f"You already have {active} active job(s) ({ids}); the limit is {limit} per user. "
-            "It frees up as soon as one of them finishes, or when you /cancel it.")
+def active_limit_text(active: int, limit: int, job_ids: list[int]) -> Text:
+    return _n("You already have {n} active job ({ids}); the limit is {limit} per user. "
+              "It frees up as soon as one of them finishes, or when you /cancel it.",
+              "You already have {n} active jobs ({ids}); the limit is {limit} per user. "
+              "It frees up as soon as one of them finishes, or when you /cancel it.",
+              active, ids=", ".join(f"#{i}" for i in job_ids), limit=limit)
 
 
-def daily_limit_text(count: int, limit: int, resets_in_s: float) -> str:
+def daily_limit_text(count: int, limit: int, resets_in_s: float) -> Text:
     hours, rest = divmod(int(resets_in_s), 3600)
-    return (f"You have started {count} stories today; the limit is {limit} per day. "
-            f"It resets at 00:00 UTC, in {hours} h {rest // 60} min.")
+    return _n("You have started {n} story today; the limit is {limit} per day. "
+              "It resets at 00:00 UTC, in {hours} h {minutes} min.",
+              "You have started {n} stories today; the limit is {limit} per day. "
+              "It resets at 00:00 UTC, in {hours} h {minutes} min.",
+              count, limit=limit, hours=hours, minutes=rest // 60)
 
 
-def photo_too_large_text(size_bytes: int, limit_bytes: int) -> str:
-    return (f"The photo is {size_bytes / 1e6:.1f} MB; the limit is {limit_bytes / 1e6:.0f} MB. "
-            "Send a smaller or compressed photo.")
-
-
-def cancel_usage_text(job_ids: list[int]) -> str:
+def cancel_usage_text(job_ids: list[int]) -> Text:
     if not job_ids:
-        return "You have no active job to cancel."
-    ids = ", ".join(f"#{i}" for i in job_ids)
-    return f"You have several active jobs ({ids}); say which one, e.g. /cancel {job_ids[0]}"
+        return _("You have no active job to cancel.")
+    return _("You have several active jobs ({ids}); say which one, e.g. /cancel {first}",
+             ids=", ".join(f"#{i}" for i in job_ids), first=job_ids[0])
 
 
-def cancelled_reply(job: Job) -> str:
+def cancelled_reply(job: Job) -> Text:
     if job.state == "cancelled":
-        return f"Cancelled job #{job.id}."
+        return _("Cancelled job #{job}.", job=job.id)
     if job.state == "running":
-        return f"Cancelling job #{job.id}; it stops after the current step."
-    return f"Job #{job.id} is already {job.state}; nothing to cancel."
+        return _("Cancelling job #{job}; it stops after the current step.", job=job.id)
+    return _("Job #{job} is already {state}; nothing to cancel.", job=job.id, state=state_name(job.state))
 
 
-def bad_job_id_text(raw: str) -> str:
-    return f"{excerpt(raw, 20)!r} is not a job number; use e.g. /cancel 12"
+def bad_job_id_text(raw: str) -> Text:
+    return _("{value!r} is not a job number; use e.g. /cancel 12", value=excerpt(raw, 20))
 
 
-def no_such_job_text(job_id: int, verb: str) -> str:
-    return f"There is no job #{job_id} to {verb}."
+# What can be done to a job from a command or a button, each with its own sentences (a verb does
+# not slot into every language's sentence the same way).
+ACTIONS = ("cancel", "reroll")
+_NO_SUCH_JOB = {"cancel": _("There is no job #{job} to cancel."),
+                "reroll": _("There is no job #{job} to re-roll.")}
+_NOT_YOUR_JOB = {"cancel": _("You cannot cancel job #{job}: only its owner or an admin may cancel it."),
+                 "reroll": _("You cannot re-roll job #{job}: only its owner or an admin may re-roll it.")}
+_OTHER_CHAT = {"cancel": _("Job #{job} belongs to another chat; you can cancel it only there."),
+               "reroll": _("Job #{job} belongs to another chat; you can re-roll it only there.")}
 
 
-def not_your_job_text(job_id: int, verb: str) -> str:
-    return f"You cannot {verb} job #{job_id}: only its owner or an admin may {verb} it."
+def _action_text(table: dict[str, Text], job_id: int, action: str) -> Text:
+    if action not in table:
+        raise ValueError(f"action is {action!r}; it must be one of {ACTIONS}")
+    return Text(table[action].msgid, {"job": job_id})
 
 
-def other_chat_text(job_id: int, verb: str) -> str:
-    return f"Job #{job_id} belongs to another chat; you can {verb} it only there."
+def no_such_job_text(job_id: int, action: str) -> Text:
+    return _action_text(_NO_SUCH_JOB, job_id, action)
 
 
-def download_failed_text(attempts: int) -> str:
-    return (f"I could not download your photo from Telegram ({attempts} tries). "
-            "Please send it again in a minute.")
+def not_your_job_text(job_id: int, action: str) -> Text:
+    return _action_text(_NOT_YOUR_JOB, job_id, action)
 
 
-# -- /settings -----------------------------------------------------------------------------------
-SETTING_NAMES = {"quality": "Quality", "loop": "Loop", "color_match": "Colour match", "chaining": "Chaining",
-                 "seed": "Seed"}
-NOT_YOUR_SETTINGS = "These buttons change someone else's settings. Send /settings for yours."
+def other_chat_text(job_id: int, action: str) -> Text:
+    return _action_text(_OTHER_CHAT, job_id, action)
 
 
-def setting_value(key: str, value: object) -> str:
-    if key == "seed":
-        return "random" if value is None else str(value)
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
+def requeued_text(job_id: int) -> Text:
+    """A re-roll button's short answer."""
+    return _("Queued job #{job}.", job=job_id)
 
 
-def setting_button(key: str, value: object) -> str:
-    return f"{SETTING_NAMES[key]}: {setting_value(key, value)}"
-
-
-def settings_text(values: dict, command_prefix: str = "/") -> str:
-    lines = ["Your defaults for new stories (what you write in a story command wins):"]
-    lines += [f"  {setting_button(key, values[key])}" for key in SETTING_NAMES]
-    lines += ["Tap a button to change one. Quality: fast (4 steps) or quality (50 steps, much slower). "
-              "Loop: the video ends on the photo. Colour match anchor: later segments keep the photo's colours. "
-              "Chaining: svi-pro or last-frame.",
-              f"A fixed seed repeats a result: {command_prefix}settings seed 42, or {command_prefix}settings seed random."]
-    return "\n".join(lines)
-
-
-def setting_changed(key: str, value: object) -> str:
-    return f"{setting_button(key, value)}"
+def download_failed_text(attempts: int) -> Text:
+    return _n("I could not download your photo from Telegram ({n} try). Please send it again in a minute.",
+              "I could not download your photo from Telegram ({n} tries). Please send it again in a minute.",
+              attempts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from storage.errors import BadSetting
+from storage.errors import N_, BadSetting
 from storage.queue import JobQueue
 from storage.user_settings import CHOICES, DEFAULTS, KEYS, MAX_SEED, check_user_setting
 
@@ -17,7 +17,7 @@ def next_value(key: str, current: Any) -> Any:
     if key == "seed":
         return random.randint(0, MAX_SEED) if current is None else None
     if key not in CHOICES:
-        raise BadSetting(f"{key!r} is not a setting; the settings are {', '.join(KEYS)}")
+        raise BadSetting(N_("{key!r} is not a setting; the settings are {keys}"), key=key, keys=", ".join(KEYS))
     choices = CHOICES[key]
     return choices[(choices.index(current) + 1) % len(choices)] if current in choices else choices[0]
 
@@ -31,7 +31,8 @@ async def press(queue: JobQueue, platform: str, user_id: str, key: str) -> dict[
 def parse_words(words: list[str]) -> tuple[str, Any]:
     """`/settings seed 42`, `seed random`, `loop on`, `quality quality` -> (key, value); checked."""
     if len(words) != 2:
-        raise BadSetting(f"{' '.join(words)!r} is not a setting; write e.g. seed 42, seed random or loop on")
+        raise BadSetting(N_("{words!r} is not a setting; write e.g. seed 42, seed random or loop on"),
+                         words=" ".join(words))
     key, raw = words[0].lower().replace("colour", "color"), words[1].lower()
     if key == "color":
         key = "color_match"

@@ -1,7 +1,10 @@
 """Errors shared by the queue, the adapters and the worker.
 
-Every `InputError` carries a message meant for the person who sent the input; the
-adapters show it as it is. Each names the bad value and the limit it broke.
+Every `InputError` carries a message meant for the person who sent the input. Each names the bad
+value and the limit it broke. Those a chat user can cause are written as a template marked with `N_`
+plus its values (`PromptTooLong(N_("Prompt {index} is ..."), index=2, ...)`): `str(err)` is the
+English text, and the chat bots look the template up in their message catalogues (bot/locale) to
+answer in the user's language.
 """
 from __future__ import annotations
 
@@ -12,10 +15,24 @@ class SvibotError(Exception):
     """Base class for errors svibot raises on purpose."""
 
 
+def N_(message: str) -> str:
+    """Marks a message for the bots' catalogues without translating it here (gettext's `N_` idiom)."""
+    return message
+
+
 class InputError(SvibotError, ValueError):
-    """Bad user input. `str(err)` is safe and useful to show to the user."""
+    """Bad user input. `str(err)` is safe and useful to show to the user.
+
+    With `params`, `message` is a `str.format` template: `template` and `params` keep both, so a
+    front end can show the message in another language.
+    """
 
     code = "bad_input"
+
+    def __init__(self, message: object = "", /, **params: object) -> None:
+        super().__init__(message.format(**params) if params and isinstance(message, str) else message)
+        self.template = message if isinstance(message, str) else None
+        self.params = params
 
 
 class EmptyPrompt(InputError):

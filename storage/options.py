@@ -11,7 +11,7 @@ import math
 import re
 from typing import Any
 
-from .errors import BadSetting
+from .errors import N_, BadSetting
 from .validate import excerpt, normalize_prompt
 
 COLOR_MATCH_MODES = ("off", "anchor")
@@ -19,9 +19,6 @@ COLOR_MATCH_MODES = ("off", "anchor")
 OPTION_NAMES = {"loop": "loop", "color": "color_match", "colour": "color_match", "color_match": "color_match"}
 _OPTION_WORD = re.compile(r"(?P<name>[A-Za-z_]+):(?P<value>[^\s|]*)(?=\s|\||$)")
 _ON, _OFF = ("", "on", "yes", "true"), ("off", "no", "false")
-LOOP_USAGE = ("write loop: to end the story on its first frame, or loop:0.8 for a looser end "
-              "(a strength above 0 and at most 1)")
-COLOR_USAGE = "use color:anchor to keep every later segment's colours on the photo's, or color:off"
 
 
 def split_options(text: str | None) -> tuple[dict[str, Any], str]:
@@ -49,7 +46,9 @@ def parse_loop(value: str) -> dict[str, Any]:
     try:
         strength = float(word)
     except ValueError:
-        raise BadSetting(f"loop:{excerpt(value, 20)} is not a loop setting; {LOOP_USAGE}.") from None
+        raise BadSetting(N_("loop:{value} is not a loop setting; write loop: to end the story on its first frame, "
+                            "or loop:0.8 for a looser end (a strength above 0 and at most 1)."),
+                         value=excerpt(value, 20)) from None
     check_loop_strength(strength, shown=f"loop:{excerpt(value, 20)}")
     return {"loop": True, "loop_strength": strength}
 
@@ -57,7 +56,8 @@ def parse_loop(value: str) -> dict[str, Any]:
 def parse_color_match(value: str) -> str:
     mode = value.strip().lower()
     if mode not in COLOR_MATCH_MODES:
-        raise BadSetting(f"color:{excerpt(value, 20)} is not a colour match mode; {COLOR_USAGE}.")
+        raise BadSetting(N_("color:{value} is not a colour match mode; use color:anchor to keep every later "
+                            "segment's colours on the photo's, or color:off."), value=excerpt(value, 20))
     return mode
 
 
@@ -65,16 +65,17 @@ def check_loop_strength(strength: object, shown: str | None = None) -> None:
     """The end-frame strength of a loop: above 0 (0 would be no end frame at all) and at most 1 (a hard lock)."""
     ok = isinstance(strength, (int, float)) and not isinstance(strength, bool) and math.isfinite(strength)
     if not ok or not 0.0 < float(strength) <= 1.0:
-        raise BadSetting(f"{shown or f'loop_strength is {strength!r}'}: the loop strength must be above 0 and "
-                         "at most 1 (1 ends exactly on the first frame; lower values loosen the end)")
+        raise BadSetting(N_("{shown}: the loop strength must be above 0 and at most 1 (1 ends exactly on the "
+                            "first frame; lower values loosen the end)"),
+                         shown=shown or f"loop_strength is {strength!r}")
 
 
 def check_story_options(settings: dict[str, Any]) -> None:
     """Check the option values a front end put into a job's settings (e.g. Discord's parameters)."""
     if "loop" in settings and not isinstance(settings["loop"], bool):
-        raise BadSetting(f"loop must be true or false but is {excerpt(str(settings['loop']), 20)!r}")
+        raise BadSetting(N_("loop must be true or false but is {value!r}"), value=excerpt(str(settings["loop"]), 20))
     if "loop_strength" in settings:
         check_loop_strength(settings["loop_strength"])
     if "color_match" in settings and settings["color_match"] not in COLOR_MATCH_MODES:
-        raise BadSetting(f"color_match must be one of {', '.join(COLOR_MATCH_MODES)} but is "
-                         f"{excerpt(str(settings['color_match']), 20)!r}")
+        raise BadSetting(N_("color_match must be one of {allowed} but is {value!r}"),
+                         allowed=", ".join(COLOR_MATCH_MODES), value=excerpt(str(settings["color_match"]), 20))

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .db import Database
-from .errors import BadSetting
+from .errors import N_, BadSetting
 
 MAX_SEED = 2**31 - 1
 # key -> its choices, the first being the default. "seed" is None (random) or a fixed integer.
@@ -30,13 +30,14 @@ def check_user_setting(key: str, value: Any) -> Any:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
-            raise BadSetting(f"seed is {value!r}; it must be a whole number from 0 to {MAX_SEED}, or random")
+            raise BadSetting(N_("seed is {value!r}; it must be a whole number from 0 to {max}, or random"),
+                             value=value, max=MAX_SEED)
         return value
     if key not in CHOICES:
-        raise BadSetting(f"{key!r} is not a setting; the settings are {', '.join(KEYS)}")
+        raise BadSetting(N_("{key!r} is not a setting; the settings are {keys}"), key=key, keys=", ".join(KEYS))
     if value not in CHOICES[key] or type(value) is not type(CHOICES[key][0]):
         allowed = ", ".join(str(c).lower() if isinstance(c, bool) else c for c in CHOICES[key])
-        raise BadSetting(f"{key} is {value!r}; it must be one of {allowed}")
+        raise BadSetting(N_("{key} is {value!r}; it must be one of {allowed}"), key=key, value=value, allowed=allowed)
     return value
 
 

@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .config import Limits
 from .errors import (
+    N_,
     EmptyPrompt,
     NotAnImage,
     PhotoTooLarge,
@@ -63,10 +64,8 @@ def parse_prompts(text: str | None, limits: Limits) -> list[str]:
     """Normalize a story, then split it on `|` into stripped prompts, one per segment."""
     text = normalize_prompt(text or "")
     if is_blank(text.replace(SEPARATOR, "")):
-        raise EmptyPrompt(
-            'The story is empty. Write one prompt per segment, separated by "|", '
-            'for example: walk | run | fly'
-        )
+        raise EmptyPrompt(N_('The story is empty. Write one prompt per segment, separated by "|", '
+                             'for example: walk | run | fly'))
     return check_prompts(text.split(SEPARATOR), limits, source=text)
 
 
@@ -74,25 +73,22 @@ def check_prompts(prompts: list[str], limits: Limits, *, source: str | None = No
     """Normalize and strip each prompt and check the list against the limits; returns the clean list."""
     parts = [normalize_prompt(p).strip() for p in prompts]
     if not parts:
-        raise EmptyPrompt("The story has no prompts. Write one prompt per segment, e.g.: walk | run | fly")
+        raise EmptyPrompt(N_("The story has no prompts. Write one prompt per segment, e.g.: walk | run | fly"))
     empty = [i + 1 for i, p in enumerate(parts) if is_blank(p)]
     if empty:
         where = ", ".join(str(i) for i in empty)
         shown = normalize_prompt(source) if source is not None else " | ".join(parts)
         raise EmptyPrompt(
-            f"Prompt {where} of {len(parts)} is empty in {excerpt(shown.strip())!r}. "
-            'Every segment needs some text between the "|" separators.'
-        )
+            N_('Prompt {where} of {total} is empty in {story!r}. '
+               'Every segment needs some text between the "|" separators.'),
+            where=where, total=len(parts), story=excerpt(shown.strip()))
     if len(parts) > limits.max_segments:
-        raise TooManySegments(
-            f"The story has {len(parts)} segments; the limit is {limits.max_segments}. "
-            "Use fewer prompts."
-        )
+        raise TooManySegments(N_("The story has {count} segments; the limit is {limit}. Use fewer prompts."),
+                              count=len(parts), limit=limits.max_segments)
     for i, p in enumerate(parts, start=1):
         if len(p) > limits.max_prompt_chars:
-            raise PromptTooLong(
-                f"Prompt {i} is {len(p)} characters long; the limit is {limits.max_prompt_chars}."
-            )
+            raise PromptTooLong(N_("Prompt {index} is {length} characters long; the limit is {limit}."),
+                                index=i, length=len(p), limit=limits.max_prompt_chars)
     return parts
 
 
@@ -112,9 +108,8 @@ def check_photo_size(num_bytes: int, limits: Limits) -> None:
     """Reject a photo by its byte size before downloading or reading it."""
     if num_bytes > limits.max_photo_bytes:
         raise PhotoTooLarge(
-            f"The photo is {num_bytes / 2**20:.1f} MB; the limit is "
-            f"{limits.max_photo_bytes / 2**20:.0f} MB. Send a smaller or compressed photo."
-        )
+            N_("The photo is {size:.1f} MB; the limit is {limit:.0f} MB. Send a smaller or compressed photo."),
+            size=num_bytes / 2**20, limit=limits.max_photo_bytes / 2**20)
 
 
 def _declared_size(data: bytes) -> tuple[int, int] | None:
@@ -137,9 +132,8 @@ def _declared_size(data: bytes) -> tuple[int, int] | None:
 
 def _too_many_pixels(width: int, height: int, limits: Limits) -> PhotoTooLarge:
     return PhotoTooLarge(
-        f"The photo is {width}x{height} = {width * height / 1e6:.1f} MP; the limit is "
-        f"{limits.max_photo_pixels / 1e6:.0f} MP. Send a smaller photo."
-    )
+        N_("The photo is {width}x{height} = {megapixels:.1f} MP; the limit is {limit:.0f} MP. Send a smaller photo."),
+        width=width, height=height, megapixels=width * height / 1e6, limit=limits.max_photo_pixels / 1e6)
 
 
 def check_photo(data: bytes, limits: Limits) -> PhotoInfo:
@@ -149,7 +143,7 @@ def check_photo(data: bytes, limits: Limits) -> PhotoInfo:
     """
     check_photo_size(len(data), limits)
     if not data:
-        raise NotAnImage("The file is empty; send a JPEG, PNG or WebP photo.")
+        raise NotAnImage(N_("The file is empty; send a JPEG, PNG or WebP photo."))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -159,22 +153,22 @@ def check_photo(data: bytes, limits: Limits) -> PhotoInfo:
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         size = _declared_size(data)
         if size is None:
-            raise PhotoTooLarge(f"The photo has too many pixels; the limit is "
-                                f"{limits.max_photo_pixels / 1e6:.0f} MP. Send a smaller photo.") from None
+            raise PhotoTooLarge(N_("The photo has too many pixels; the limit is {limit:.0f} MP. Send a smaller photo."),
+                                limit=limits.max_photo_pixels / 1e6) from None
         raise _too_many_pixels(*size, limits) from None
     except UnidentifiedImageError:
-        raise NotAnImage("That file is not an image I can read; send a JPEG, PNG or WebP photo.") from None
+        raise NotAnImage(N_("That file is not an image I can read; send a JPEG, PNG or WebP photo.")) from None
     except OSError as err:
-        raise NotAnImage(f"That file is not a readable image ({err}).") from None
+        raise NotAnImage(N_("That file is not a readable image ({error})."), error=str(err)) from None
     if width * height > limits.max_photo_pixels:
         raise _too_many_pixels(width, height, limits)
     if min(width, height) < limits.min_photo_side:
-        raise PhotoTooSmall(
-            f"The photo is {width}x{height}; each side must be at least {limits.min_photo_side} px."
-        )
+        raise PhotoTooSmall(N_("The photo is {width}x{height}; each side must be at least {limit} px."),
+                            width=width, height=height, limit=limits.min_photo_side)
     try:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as full:
             full.load()
     except (OSError, SyntaxError, ValueError) as err:
-        raise TruncatedImage(f"The photo is truncated or corrupt ({err}); send it again.") from None
+        raise TruncatedImage(N_("The photo is truncated or corrupt ({error}); send it again."),
+                             error=str(err)) from None
     return PhotoInfo(width=width, height=height, format=fmt)

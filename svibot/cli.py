@@ -193,11 +193,11 @@ async def cmd_stats(cfg: AppConfig, args: argparse.Namespace) -> int:
     if args.days < 1:
         print(f"svibot stats: --days is {args.days}; it must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    from bot.texts import stats_text
+    from bot.admin_texts import stats_text
 
     async with await JobQueue.open(cfg.queue, cfg.data_dir.photos, listen=False) as queue:
         report = await queue.usage_report(days=args.days)
-    print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else stats_text(report))
+    print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else str(stats_text(report)))
     return EXIT_OK
 
 

@@ -39,7 +39,7 @@ async def test_limits_name_the_rule_and_the_reset(queue):
     cfg = BotConfig(max_active_jobs=1, stories_per_day=2, admins=frozenset({"9"}))
     job = await queue.enqueue(NewJob(platform="telegram", chat_id="1", user_id="1", photo=png_bytes(),
                                      prompts=["a"]), Limits())
-    with pytest.raises(access.ActiveJobLimit, match=r"1 active job\(s\) \(#1\); the limit is 1 per user"):
+    with pytest.raises(access.ActiveJobLimit, match=r"1 active job \(#1\); the limit is 1 per user"):
         await access.check_limits(cfg, queue, "telegram", "1")
     await access.check_limits(cfg, queue, "discord", "1")  # limits are per platform account
     await access.check_limits(cfg, queue, "telegram", "9")  # admins are not limited
@@ -61,7 +61,7 @@ async def test_start_story_checks_before_queueing_and_sets_a_seed(queue):
         platform="telegram", chat_id="1", user_id="1", text=" a |b ", photo=png_bytes(), seed=77))
     assert queued.job.prompts == ["a", "b"] and queued.job.settings == {"seed": 77}
     assert queued.position == 1 and queued.workers_online == 0
-    assert queued.text.startswith("Queued: job #1, position 1, ETA unknown")
+    assert str(queued.text).startswith("Queued: job #1, position 1, ETA unknown")
     assert len(await queue.list_jobs()) == 1
 
 
@@ -71,10 +71,10 @@ async def test_queued_reply_says_when_no_gpu_worker_is_online(queue):
     request = intake.StoryRequest(platform="telegram", chat_id="1", user_id="1", text="walk", photo=png_bytes())
     cfg = BotConfig(max_active_jobs=5)
     alone = await intake.start_story(queue, cfg, request)
-    assert "No GPU worker is online right now; your job is queued" in alone.text
+    assert "No GPU worker is online right now; your job is queued" in str(alone.text)
     await queue.worker_seen(WorkerId.current(), "tiny")
     served = await intake.start_story(queue, cfg, request)
-    assert served.workers_online == 1 and "No GPU worker" not in served.text
+    assert served.workers_online == 1 and "No GPU worker" not in str(served.text)
     assert [j.state for j in await queue.list_jobs()] == ["queued", "queued"]
 
 
@@ -98,13 +98,14 @@ async def test_full_disk_refuses_the_story_clearly_and_queues_nothing(queue, dat
 
 # -- texts ----------------------------------------------------------------------------------------
 def test_texts_carry_the_numbers_users_need():
-    assert texts.segment_caption(0, 3, "walk") == "Segment 1/3: walk"
-    assert texts.story_caption(3, 15.2) == "Your story (3 segments, 15 s)"
-    assert texts.queued_text(4, 2, 300, 1) == "Queued: job #4, position 2, ETA ~5 min"
-    progress = texts.progress_text(4, 1, 2, 5, 10)
+    assert str(texts.segment_caption(0, 3, "walk")) == "Segment 1/3: walk"
+    assert str(texts.story_caption(3, 15.2)) == "Your story (3 segments, 15 s)"
+    assert str(texts.story_caption(1, 5.0)) == "Your story (1 segment, 5 s)"
+    assert str(texts.queued_text(4, 2, 300, 1)) == "Queued: job #4, position 2, ETA ~5 min"
+    progress = str(texts.progress_text(4, 1, 2, 5, 10))
     assert "segment 2/2, step 5/10" in progress and "[########--] 75%" in progress
-    assert "use only photos you have the right to use" in texts.help_text(
-        Limits(), queue_length=0, workers_online=0).lower()
+    assert "use only photos you have the right to use" in str(texts.help_text(
+        Limits(), queue_length=0, workers_online=0)).lower()
 
 
 # -- media ----------------------------------------------------------------------------------------

@@ -229,7 +229,7 @@ async def test_status_edit_waits_out_a_429(fake, queue, data_dir, bot_config):
 
 @pytest.mark.parametrize("case, expected", [
     ("not_an_image", "not an image"),
-    ("no_attachment", NO_IMAGE),
+    ("no_attachment", str(NO_IMAGE)),
     ("empty_prompt", "The story is empty"),
     ("too_many_segments", "The story has 11 segments; the limit is 10"),
 ])

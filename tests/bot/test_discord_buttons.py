@@ -116,7 +116,7 @@ async def test_context_menu_opens_a_modal_and_queues_the_story(fake, queue, data
         no_image = fake.user_message(OWNER, [], content="just text")
         reply = await reply_of(fake, await fake.send_interaction(
             fake.message_command(CONTEXT_MENU_NAME, OWNER, no_image)))
-        assert reply == NO_IMAGE_IN_MESSAGE
+        assert reply == str(NO_IMAGE_IN_MESSAGE)
     job = await queue.get_job(1)
     assert job.prompts == ["sit", "jump"] and job.user_id == str(OWNER)
 

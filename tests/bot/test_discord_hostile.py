@@ -128,7 +128,7 @@ async def test_a_refused_reply_falls_back_to_a_short_followup(fake, queue, data_
         interaction = await send_story(fake, "walk | | run", image=photo_bytes())
         await fake.wait_for(lambda: any(m.via == "followup" for m in fake.followups_for(interaction)))
     followup = next(m for m in fake.followups_for(interaction) if m.via == "followup")
-    assert followup.content == REPLY_FAILED
+    assert followup.content == str(REPLY_FAILED)
 
 
 # -- rows 6 and 7 on Discord: buttons respect owners and channels -------------------------------------
@@ -187,5 +187,5 @@ async def test_the_allowlist_applies_to_every_command_and_button(fake, queue, da
         for custom_id in (f"svibot:cancel:{job_id}", f"svibot:reroll:{job_id}"):
             refusals.append(await reply_of(fake, await fake.send_interaction(
                 fake.button_press(custom_id, STRANGER, status.id))))
-    assert refusals == [texts.NOT_ALLOWED] * 7
+    assert refusals == [str(texts.NOT_ALLOWED)] * 7
     assert [j.state for j in await queue.list_jobs()] == ["queued"]

@@ -90,7 +90,7 @@ async def test_telegram_forget_deletes_exactly_the_askers_jobs_after_the_button(
         return fake.sent_to(USER, "sendMessage")[-1]
 
     question = await ask()
-    assert question.text == forget.ask_text(2, 1)
+    assert question.text == str(forget.ask_text(2, 1))
     buttons = [b["callback_data"] for b in question.params["reply_markup"]["inline_keyboard"][0]]
     assert buttons == [f"forget:yes:{USER}", f"forget:no:{USER}"]
 
@@ -98,10 +98,10 @@ async def test_telegram_forget_deletes_exactly_the_askers_jobs_after_the_button(
     answers = len(fake.callback_answers)
     fake.press_button(USER, OTHER, question.message_id, f"forget:yes:{USER}")
     await fake.wait_for(lambda: len(fake.callback_answers) > answers, what="the refusal")
-    assert fake.callback_answers[-1]["text"] == forget.NOT_YOURS
+    assert fake.callback_answers[-1]["text"] == str(forget.NOT_YOURS)
     # "Keep" keeps everything and turns the question into the answer.
     fake.press_button(USER, USER, question.message_id, f"forget:no:{USER}")
-    await fake.wait_for(lambda: fake.current_text(USER, question.message_id) == forget.KEPT, what="kept")
+    await fake.wait_for(lambda: fake.current_text(USER, question.message_id) == str(forget.KEPT), what="kept")
     assert snapshot(data_dir) == before
     assert [await rows_of(queue, j) for j in (done_job, queued_job)] == [(1, 2, len(await queue.events_for_job(done_job))),
                                                                          (1, 0, len(await queue.events_for_job(queued_job)))]
@@ -113,7 +113,7 @@ async def test_telegram_forget_deletes_exactly_the_askers_jobs_after_the_button(
     await fake.wait_for(lambda: (fake.current_text(USER, question.message_id) or "").startswith("Deleted"),
                         what="deleted")
     gone = job_files(before, data_dir, done_job) | job_files(before, data_dir, queued_job) | {own_photo}
-    assert fake.current_text(USER, question.message_id) == forget.done_text(2, len(gone))
+    assert fake.current_text(USER, question.message_id) == str(forget.done_text(2, len(gone)))
     after = snapshot(data_dir)
     assert after == {p: h for p, h in before.items() if p not in gone}  # OTHER's files untouched, byte for byte
     assert [await rows_of(queue, j) for j in (done_job, queued_job)] == [(0, 0, 0), (0, 0, 0)]
@@ -122,7 +122,7 @@ async def test_telegram_forget_deletes_exactly_the_askers_jobs_after_the_button(
     assert await queue.jobs_for_user("telegram", str(USER)) == []
     # The question was answered without buttons, so it cannot be pressed twice; asking again says so.
     assert fake.edits[-1].reply_markup is None
-    assert (await ask()).text == forget.NOTHING_STORED
+    assert (await ask()).text == str(forget.NOTHING_STORED)
     assert fake.sent_to(USER, "sendMessage")[-1].params.get("reply_markup") is None
 
 
@@ -144,7 +144,7 @@ async def test_discord_forget_deletes_exactly_the_askers_jobs_after_the_button(f
             return interaction, await reply_of(fake, interaction)
 
         interaction, text = await ask()
-        assert text == forget.ask_text(1, 0)
+        assert text == str(forget.ask_text(1, 0))
         (question,) = fake.followups_for(interaction)
         ids = [c["custom_id"] for row in question.components for c in row["components"]]
         assert ids == [f"svibot:forget:yes:{OWNER}", f"svibot:forget:no:{OWNER}"]
@@ -152,11 +152,11 @@ async def test_discord_forget_deletes_exactly_the_askers_jobs_after_the_button(f
 
         refused = await reply_of(fake, await fake.send_interaction(
             fake.button_press(f"svibot:forget:yes:{OWNER}", STRANGER, question.id)))
-        assert refused == forget.NOT_YOURS
+        assert refused == str(forget.NOT_YOURS)
         kept = await fake.send_interaction(fake.button_press(f"svibot:forget:no:{OWNER}", OWNER, question.id))
         await fake.wait_for(lambda: fake.callbacks_for(kept))
         assert [(c.type, c.data["content"], c.data["components"]) for c in fake.callbacks_for(kept)] == \
-            [(7, forget.KEPT, [])]
+            [(7, str(forget.KEPT), [])]
         assert snapshot(data_dir) == before and (await rows_of(queue, owner_job))[0] == 1
 
         interaction, _ = await ask()
@@ -165,7 +165,7 @@ async def test_discord_forget_deletes_exactly_the_askers_jobs_after_the_button(f
         await fake.wait_for(lambda: fake.callbacks_for(done))
     gone = {p for p in before if p not in snapshot(data_dir)}
     assert gone == job_files(before, data_dir, owner_job)  # the photo is shared with the stranger's job: kept
-    assert fake.callbacks_for(done)[0].data["content"] == forget.done_text(1, len(gone))
+    assert fake.callbacks_for(done)[0].data["content"] == str(forget.done_text(1, len(gone)))
     assert await rows_of(queue, owner_job) == (0, 0, 0)
     assert await rows_of(queue, stranger_job) == stranger_rows
     assert all(p.exists() for p in job_files(before, data_dir, stranger_job))

@@ -112,7 +112,7 @@ async def test_retry_later_leaves_the_event_pending_and_a_partial_event_is_not_r
     with pytest.raises(RetryLater):
         await box.deliver_once()
     await box.deliver_once()
-    assert [c[2] for c in d.of("video")] == ["Segment 1/1: a", "Your story (1 segments, 1 s)"]
+    assert [c[2] for c in d.of("video")] == ["Segment 1/1: a", "Your story (1 segment, 1 s)"]
     assert await queue.pending_events("telegram") == []
 
 

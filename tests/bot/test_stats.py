@@ -37,7 +37,7 @@ async def test_telegram_stats_for_admins_only(fake_telegram, start_bot, queue):
         "Only the bot's admins may do that."
     fake.user_message(ADMIN, ADMIN, text="/stats")
     text = (await fake.wait_for(lambda: fake.texts_to(ADMIN), what="/stats"))[0]
-    assert text.startswith("Usage, last 7 day(s) (UTC): stories / segments")
+    assert text.startswith("Usage, last 7 days (UTC): stories / segments")
     assert text.count(": 0 / 0") == 6 and ": 1 / 0" in text  # six quiet days, then today's story
     assert "Active users: 1. Queue now: 1 queued, 0 running." in text
     assert "Stories refused before queueing: 1 (blocked_word: 1)" in text
@@ -72,6 +72,6 @@ def test_cli_stats_prints_text_and_json(tmp_path, capsys):
     assert report["refusals"] == {"blocked_word": 1} and report["failures"] == {}
     assert main(["--data-dir", str(tmp_path), "stats"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("Usage, last 7 day(s)") and "Queue now: 2 queued, 0 running." in out
+    assert out.startswith("Usage, last 7 days") and "Queue now: 2 queued, 0 running." in out
     assert main(["--data-dir", str(tmp_path), "stats", "--days", "0"]) == 2
     assert "--days is 0; it must be at least 1" in capsys.readouterr().err

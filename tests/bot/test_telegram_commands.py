@@ -44,7 +44,7 @@ async def test_second_job_over_the_active_job_limit_is_refused_with_the_reason(f
     assert (await _reply_to(fake, CHAT, 0)).startswith("Queued: job #1")
     fake.user_message(CHAT, USER, caption="/story b", photo=png_bytes(color="red"))
     refusal = await _reply_to(fake, CHAT, 1)
-    assert "1 active job(s) (#1); the limit is 1 per user" in refusal
+    assert "1 active job (#1); the limit is 1 per user" in refusal
     assert "/cancel" in refusal  # says how the limit frees up
     assert [j.id for j in await queue.list_jobs()] == [1]
 

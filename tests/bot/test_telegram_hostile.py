@@ -45,7 +45,7 @@ def no_errors(caplog, fake) -> None:
     """Nothing went wrong on the bot's side: no traceback logged by it, no "something went wrong" sent."""
     tracebacks = [r.getMessage() for r in caplog.records if r.exc_info and r.name.startswith("bot")]
     assert tracebacks == []
-    assert not [s for s in fake.sent if s.text == texts.INTERNAL_ERROR]
+    assert not [s for s in fake.sent if s.text == str(texts.INTERNAL_ERROR)]
 
 
 # -- rows 1 and 13: no form of the token in any log record, at DEBUG ---------------------------------
@@ -234,7 +234,7 @@ async def test_file_errors_are_retried_with_backoff_then_answered_specifically(
     if queued:
         assert reply.startswith("Queued: job #1") and len(fake.method_calls("getFile")) == 2
     else:
-        assert reply == texts.download_failed_text(3)
+        assert reply == str(texts.download_failed_text(3))
         assert len(fake.method_calls("getFile")) == 3 and await queue.list_jobs() == []
     no_errors(caplog, fake)
 
@@ -277,7 +277,8 @@ async def test_the_allowlist_applies_to_every_command_and_button(fake_telegram, 
     query_id = fake.press_button(GROUP, OTHER, status.message_id, "cancel:1")
     await fake.wait_for(lambda: len(fake.texts_to(GROUP)) == 7 and fake.callback_answers, what="refusals")
     await asyncio.sleep(0.2)
-    assert fake.texts_to(GROUP)[1:] == [texts.NOT_ALLOWED] * 6
-    assert fake.callback_answers == [{"callback_query_id": query_id, "text": texts.NOT_ALLOWED, "show_alert": True}]
+    assert fake.texts_to(GROUP)[1:] == [str(texts.NOT_ALLOWED)] * 6
+    assert fake.callback_answers == [
+        {"callback_query_id": query_id, "text": str(texts.NOT_ALLOWED), "show_alert": True}]
     assert [j.state for j in await queue.list_jobs()] == ["queued"]
     assert fake.method_calls("getFile") == [fake.method_calls("getFile")[0]]  # only the allowed user's photo

@@ -145,6 +145,7 @@ class FakeDiscord:
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
         self.request_times: list[float] = []  # time.monotonic() of each entry in `requests`
         self.commands: dict[str, list[dict[str, Any]]] = {}  # scope ("global" or guild id) -> commands
+        self.user_locales: dict[int, str] = {}  # user id -> their client's locale (default en-US)
         self.attachments: dict[str, bytes] = {}
         self.rejected_uploads: list[int] = []  # sizes of uploads refused with 413
         self.rejected_content: list[int] = []  # lengths of contents refused as too long
@@ -452,7 +453,7 @@ class FakeDiscord:
                                 "global_name": None, "avatar": None},
                        "roles": [], "joined_at": _iso(time.time() - 3600), "deaf": False, "mute": False,
                        "permissions": str(0x800 | 0x400 | 0x8000), "flags": 0},
-            "token": token, "version": 1, "locale": "en-US", "guild_locale": "en-US",
+            "token": token, "version": 1, "locale": self.user_locales.get(user_id, "en-US"), "guild_locale": "en-US",
             "app_permissions": str(0x800 | 0x400 | 0x8000), "attachment_size_limit": self.upload_limit,
             "entitlements": [], "authorizing_integration_owners": {"0": str(self.guild_id)}, "context": 0,
         }

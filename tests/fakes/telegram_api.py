@@ -78,6 +78,7 @@ class FakeTelegram:
         self.callback_answers: list[dict[str, Any]] = []
         self.rejected: list[tuple[str, int]] = []  # (method, http status) of injected or size errors
         self.messages: dict[tuple[int, int], dict[str, Any]] = {}  # every message, by (chat, id)
+        self.user_languages: dict[int, str] = {}  # user id -> the language_code their Telegram app sends
         self._files: dict[str, tuple[bytes, int, str]] = {}  # file_id -> (data, reported size, path)
         self._updates: list[dict[str, Any]] = []
         self._update_ids = itertools.count(1)
@@ -236,9 +237,11 @@ class FakeTelegram:
         return result
 
     # -- the HTTP side -------------------------------------------------------------------------------
-    @staticmethod
-    def _user(user_id: int) -> dict[str, Any]:
-        return {"id": user_id, "is_bot": False, "first_name": f"user{user_id}"}
+    def _user(self, user_id: int) -> dict[str, Any]:
+        user: dict[str, Any] = {"id": user_id, "is_bot": False, "first_name": f"user{user_id}"}
+        if user_id in self.user_languages:  # like Telegram, only sent when the app has a language
+            user["language_code"] = self.user_languages[user_id]
+        return user
 
     @staticmethod
     def _chat(chat_id: int) -> dict[str, Any]:
