@@ -78,28 +78,24 @@ def remove_partials(folder: Path) -> list[Path]:
 
     Call it only where no other process can be writing: a job's folder is written by the worker
     holding its lease alone, so the next holder may sweep it before it resumes the job."""
-    removed = []
-    try:
-        entries = list(Path(folder).iterdir())
-    except FileNotFoundError:
-        return removed
-    for path in entries:
-        if path.is_file() and is_partial(path):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
+    return _remove_files(folder, is_partial)
 
 
 def remove_unrecorded(folder: Path, kept: set[str]) -> list[Path]:
     """Delete the files in a job's `folder` whose names are not in `kept` (the files its rows name),
     temp files included; returns them. The same rule as `remove_partials`: only the lease holder."""
+    return _remove_files(folder, lambda path: path.name not in kept)
+
+
+def _remove_files(folder: Path, doomed) -> list[Path]:
+    """Delete the plain files directly in `folder` for which `doomed(path)` holds; a missing folder has none."""
     removed = []
     try:
         entries = list(Path(folder).iterdir())
     except FileNotFoundError:
         return removed
     for path in entries:
-        if path.is_file() and path.name not in kept:
+        if path.is_file() and doomed(path):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
